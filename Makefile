@@ -1,0 +1,32 @@
+# Two commands: `make serve` and `make test`. Each sets up .venv on a fresh machine first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install test lint serve bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+serve: install
+	$(BIN)/unmask serve $(ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/engine_cpu.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

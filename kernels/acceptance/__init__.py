@@ -1,0 +1,1 @@
+"""Confidence-threshold acceptance of denoised blocks."""

@@ -1,0 +1,59 @@
+"""Engine configuration: frozen dataclasses, one per component, plus per-architecture defaults."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# Per-architecture diffusion defaults (block size = page size), overridable by flags.
+DIFFUSION_DEFAULTS: dict[str, dict[str, int]] = {
+    "LLaDA2MoeModelLM": {"block_size": 32},
+}
+AR_PAGE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    kv_cache_memory: int | None = None  # bytes for KV pages; None → fraction/default
+    kv_cache_fraction: float = 0.85  # of free GPU memory after weights (GPU only)
+    num_pages: int | None = None  # explicit pool size (overrides the memory budget)
+    prefix_caching: bool = True
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_running_requests: int = 64
+    max_num_batched_tokens: int = 8192  # token budget of one forward
+    admission_reserve_pages: int = 1  # headroom per running sequence kept free at admission
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    block_size: int | None = None  # None → architecture default
+    threshold: float = 0.95  # default commit threshold (per-request override)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str
+    device: str = "auto"  # auto → cuda if available else cpu
+    dtype: str = "auto"  # auto → bfloat16 on GPU, float32 on CPU
+    seed: int = 0  # engine sampler seed for requests without their own
+    max_model_len: int | None = None  # None → max_position_embeddings
+    attention_backend: str = "auto"
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """'2GiB', '512M', '1.5g', 1073741824 → bytes."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not m:
+        raise ValueError(f"cannot parse a memory size from {text!r} (e.g. 2GiB, 512M)")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])

@@ -1,0 +1,243 @@
+"""The engine's vocabulary: sampling parameters, requests, sequences, batches and step outputs.
+
+Only `GenerateRequest` enters the engine and only `EngineOutput` leaves it; `Sequence`, `Segment`
+and `Batch` never cross a thread or process boundary.
+
+Positions live on one absolute grid. In block-diffusion mode a sequence's canvas is
+
+    | tokens (final)                               | block (active, B ids)       |
+    0                                        block_start          block_start + B
+    | prompt ... | generated blocks ...            | prompt tail | committed/MASK |
+
+`tokens` holds every final id before the active block; the prompt's partial last block sits
+frozen at the front of `block`. KV for positions < `num_cached` is final and lives in the pages
+of `page_table` (page i holds positions [i*P, (i+1)*P), P = page size = block size).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_THRESHOLD = 0.95
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens reached
+    ABORT = "abort"  # cancelled by the client
+    ERROR = "error"  # failed inside the engine
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Per-request decoding parameters. Validated on construction (ValueError names the field)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # <= 0: off
+    top_p: float = 1.0  # 1.0: off
+    seed: int | None = None  # per-request generator; None draws from the engine's
+    threshold: float | None = None  # commit confidence threshold; None = engine default
+    min_commit: int = 1  # low-confidence fallback: commit at least this many per step
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"{name} {why}")
+
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise bad("max_tokens", f"must be an integer >= 1, got {self.max_tokens!r}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise bad("temperature", f"must be a finite number >= 0, got {self.temperature!r}")
+        if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+            raise bad("top_p", f"must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int):
+            raise bad("top_k", f"must be an integer, got {self.top_k!r}")
+        if self.threshold is not None and (
+            not math.isfinite(self.threshold) or not 0 <= self.threshold <= 1
+        ):
+            raise bad("threshold", f"must be in [0, 1], got {self.threshold!r}")
+        if not isinstance(self.min_commit, int) or self.min_commit < 1:
+            raise bad("min_commit", f"must be an integer >= 1, got {self.min_commit!r}")
+        if any(not s for s in self.stop):
+            raise bad("stop", "must not contain empty strings")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+_rid_counter = itertools.count()
+
+
+def new_request_id() -> str:
+    return f"req-{next(_rid_counter)}"
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """What the API hands the engine: already tokenized."""
+
+    rid: str
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+    arrival_time: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class RequestStats:
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
+    steps: int = 0  # forwards that produced logits for this request
+    blocks: int = 0  # diffusion blocks completed
+    preemptions: int = 0
+    arrival_time: float = 0.0
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.output_tokens / self.steps if self.steps else 0.0
+
+
+@dataclass(eq=False, slots=True)
+class Sequence:
+    """Engine-side state of one request (see the module docstring for the canvas layout)."""
+
+    req: GenerateRequest
+    tokens: list[int]  # final ids at positions [0, len(tokens)); set by scheduler
+    block: list[int] | None  # active diffusion block (mask id = undecided); None in AR mode
+    block_start: int  # absolute position of block[0] (== len(tokens) in diffusion mode)
+    status: SeqStatus = SeqStatus.WAITING
+    num_cached: int = 0  # positions whose final KV is in pages; set by scheduler
+    page_table: list[int] = field(default_factory=list)  # page ids; set by KV manager
+    num_sealed_pages: int = 0  # leading pages sealed into the prefix cache; set by KV manager
+    last_hash: bytes | None = None  # hash-chain value of the last sealed page
+    num_emitted: int = 0  # output ids already reported in an EngineOutput
+    block_steps: int = 0  # forwards spent on the current block
+    generator: torch.Generator | None = None  # per-request sampler state (seeded requests)
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    stats: RequestStats = field(default_factory=RequestStats)
+
+    @property
+    def rid(self) -> str:
+        return self.req.rid
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.req.prompt_ids)
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.req.params
+
+    def ids(self, start: int, end: int) -> list[int]:
+        """Canvas ids at positions [start, end): final tokens, then the active block."""
+        head = self.tokens[start:end]
+        if self.block is None or end <= self.block_start:
+            return head
+        lo = max(start, self.block_start) - self.block_start
+        return head + self.block[lo : end - self.block_start]
+
+    @property
+    def canvas_end(self) -> int:
+        """One past the last position that a forward over this sequence must cover."""
+        if self.block is None:
+            return len(self.tokens)
+        return self.block_start + len(self.block)
+
+
+@dataclass(slots=True)
+class Segment:
+    """One sequence's share of a step: positions [start, end) forwarded in one extend.
+
+    Keys visible to a query are the sequence's cached positions plus the segment itself under
+    a block-causal mask. `logits_start`..`end` are the rows whose logits the step needs (the
+    active block in diffusion mode, the last position in AR mode); None for a prefill chunk
+    that stops short of them. The active block's own KV is rewritten every step and is never
+    final, so `cache_end` stops before it.
+    """
+
+    seq: Sequence
+    start: int
+    end: int
+    logits_start: int | None
+    cache_end: int  # positions [start, cache_end) hold final KV once this forward ran
+
+    @property
+    def num_tokens(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(slots=True)
+class Batch:
+    """Scheduler → runner: one forward over a ragged list of segments."""
+
+    segments: list[Segment]
+    num_tokens: int
+    num_preempted: int = 0  # sequences preempted while building this batch
+
+    @property
+    def logit_segments(self) -> list[Segment]:
+        return [s for s in self.segments if s.logits_start is not None]
+
+
+@dataclass(slots=True)
+class EngineOutput:
+    """Engine → API, per request per step: the growth of its contiguous committed output."""
+
+    rid: str
+    new_token_ids: list[int]
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    stats: RequestStats | None = None  # set when finished
+
+
+@dataclass(slots=True)
+class StepStats:
+    num_seqs: int = 0  # segments in the forward
+    num_tokens: int = 0  # tokens forwarded
+    num_logit_rows: int = 0  # segments that produced logits (active blocks / AR positions)
+    tokens_committed: int = 0  # output tokens committed this step
+    blocks_completed: int = 0
+    num_preempted: int = 0
+    num_running: int = 0
+    num_waiting: int = 0
+    pages_used: int = 0  # pages referenced by live sequences
+    pages_cached: int = 0  # sealed pages with no reference (reusable prefix, evictable)
+    pages_total: int = 0
+    prefix_hit_tokens: int = 0  # prompt tokens found in the prefix cache at admission
+    prefix_query_tokens: int = 0  # prompt tokens looked up at admission
+    step_time: float = 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.tokens_committed / self.num_logit_rows if self.num_logit_rows else 0.0
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What one `Engine.step()` returns."""
+
+    outputs: list[EngineOutput]
+    stats: StepStats

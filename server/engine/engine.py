@@ -1,0 +1,180 @@
+"""`Engine`: the step loop's owner. One `step()` = schedule → forward → accept → update."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from server.config import AR_PAGE_SIZE, DIFFUSION_DEFAULTS, EngineConfig, parse_bytes
+from server.core import Batch, EngineOutput, GenerateRequest, StepResult, StepStats
+from server.engine.modes import Autoregressive, BlockDiffusion, DecodeMode
+from server.kv_cache.manager import KVManager
+from server.kv_cache.page_pool import PagePool
+from server.model.config import ModelConfig
+from server.model.loader import load_model, resolve_model_path
+from server.model.specials import read_special_ids
+from server.runner.attention import KVCache, create_backend
+from server.runner.model_runner import ModelRunner
+from server.scheduler.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+CPU_KV_DEFAULT = 512 << 20
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the engine chose at start-up (logged, and sent to the API process)."""
+
+    model_dir: str
+    architecture: str
+    mode: str
+    device: str
+    dtype: str
+    block_size: int  # diffusion block size (== page size); 1 in AR mode
+    page_size: int
+    num_pages: int
+    max_model_len: int
+    vocab_size: int
+    mask_id: int | None
+    eos_ids: tuple[int, ...]
+    attention_backend: str
+    acceptance_backend: str
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
+    return dev, names[dtype]
+
+
+class Engine:
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        model_dir = resolve_model_path(cfg.model)
+        mcfg = ModelConfig.from_file(model_dir / "config.json")
+        specials = read_special_ids(model_dir)
+        device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+        self.max_model_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
+                                 mcfg.max_position_embeddings)
+        self.mode: DecodeMode
+        if mcfg.mode == "diffusion":
+            if specials.mask_id is None:
+                raise ValueError(f"{model_dir}: diffusion checkpoint without a <|mask|> token")
+            block = cfg.diffusion.block_size or DIFFUSION_DEFAULTS[mcfg.architecture]["block_size"]
+            self.mode = BlockDiffusion(block, specials.mask_id, cfg.diffusion.threshold)
+        else:
+            self.mode = Autoregressive(AR_PAGE_SIZE)
+        t0 = time.perf_counter()
+        model = load_model(model_dir, mcfg, dtype, device, self.max_model_len)
+        num_pages = self._num_pages(mcfg, dtype, device)
+        kv = KVCache(mcfg.num_hidden_layers, num_pages, self.mode.page_size,
+                     mcfg.num_key_value_heads, mcfg.head_dim, dtype, device)
+        backend = create_backend(cfg.attention_backend, device)
+        self.runner = ModelRunner(model, kv, backend, self.mode.attn_block, device)
+        self.kv = KVManager(PagePool(num_pages), self.mode.page_size, cfg.cache.prefix_caching)
+        self.scheduler = Scheduler(cfg.scheduler, self.kv, self.mode, specials.eos_ids)
+        self.vocab_size = mcfg.vocab_size
+        self.device = device
+        self._rng = random.Random(cfg.seed)
+        self.info = EngineInfo(
+            model_dir=str(model_dir), architecture=mcfg.architecture, mode=mcfg.mode,
+            device=str(device), dtype=str(dtype).removeprefix("torch."),
+            block_size=getattr(self.mode, "block_size", 1), page_size=self.mode.page_size,
+            num_pages=num_pages, max_model_len=self.max_model_len, vocab_size=mcfg.vocab_size,
+            mask_id=specials.mask_id, eos_ids=specials.eos_ids,
+            attention_backend=backend.name, acceptance_backend="torch",
+        )
+        log.info("engine ready in %.1fs: %s", time.perf_counter() - t0, self.info)
+
+    def _num_pages(self, mcfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> int:
+        c = self.cfg.cache
+        if c.num_pages is not None:
+            return c.num_pages
+        per_page = KVCache.bytes_per_page(mcfg.num_hidden_layers, self.mode.page_size,
+                                          mcfg.num_key_value_heads, mcfg.head_dim, dtype)
+        if c.kv_cache_memory is not None:
+            budget = parse_bytes(c.kv_cache_memory)
+        elif device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = int(free * c.kv_cache_fraction)
+        else:
+            budget = CPU_KV_DEFAULT
+        pages = budget // per_page
+        if pages < 1:
+            raise ValueError(f"KV budget of {budget} bytes holds no page ({per_page} bytes each)")
+        return pages
+
+    # -- requests -------------------------------------------------------------------------
+    def add_request(self, req: GenerateRequest) -> None:
+        """Validate and queue; ValueError (nothing queued) if the request cannot be served."""
+        P, p = len(req.prompt_ids), req.params
+        if P == 0:
+            raise ValueError("the prompt is empty")
+        bad = next((t for t in req.prompt_ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, "
+                             f"{self.vocab_size})")
+        need = self.positions_needed(P, p.max_tokens)
+        if need > self.max_model_len:
+            raise ValueError(
+                f"This model's maximum context length is {self.max_model_len} tokens. "
+                f"However, you requested {need} tokens ({P} in the prompt, {p.max_tokens} "
+                f"to generate{self._grid_note(P, p.max_tokens, need)})."
+            )
+        pages = self.kv.pages_for(need)
+        if pages > self.kv.pool.num_pages:
+            raise ValueError(f"the request needs {pages} KV pages; the pool holds "
+                             f"{self.kv.pool.num_pages}")
+        seq = self.mode.new_sequence(req)
+        if not p.greedy:
+            seed = p.seed if p.seed is not None else self._rng.randrange(1 << 62)
+            seq.generator = torch.Generator(self.device).manual_seed(seed)
+        self.scheduler.add(seq)
+
+    def positions_needed(self, prompt_len: int, max_tokens: int) -> int:
+        """Positions a request occupies: diffusion always ends on a full block."""
+        end = prompt_len + max_tokens
+        b = getattr(self.mode, "block_size", 1)
+        return -(-end // b) * b
+
+    def _grid_note(self, P: int, n: int, need: int) -> str:
+        return "" if need == P + n else f", rounded up to whole {self.info.block_size}-token blocks"
+
+    def abort(self, rid: str) -> EngineOutput | None:
+        return self.scheduler.abort(rid)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # -- the step -------------------------------------------------------------------------
+    def step(self) -> StepResult:
+        t0 = time.perf_counter()
+        self.scheduler.stats = StepStats()
+        batch = self.scheduler.schedule()
+        committed: list[int] = []
+        if batch.segments:
+            logits = self.runner.forward(batch)
+            if batch.logit_segments:
+                committed = self.mode.accept(batch.logit_segments, logits)
+        outputs = self.scheduler.update(batch, committed)
+        return StepResult(outputs, self._stats(batch, t0))
+
+    def _stats(self, batch: Batch, t0: float) -> StepStats:
+        s = self.scheduler.stats
+        pool = self.kv.pool
+        s.num_seqs, s.num_tokens = len(batch.segments), batch.num_tokens
+        s.num_logit_rows = len(batch.logit_segments)
+        s.num_running, s.num_waiting = len(self.scheduler.running), len(self.scheduler.waiting)
+        s.pages_used, s.pages_cached, s.pages_total = pool.num_used, pool.num_cached, pool.num_pages
+        s.step_time = time.perf_counter() - t0
+        return s

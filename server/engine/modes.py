@@ -1,0 +1,156 @@
+"""Decoding modes: how a sequence's canvas is laid out, what each step forwards, and how logits
+turn into committed tokens. `BlockDiffusion` for LLaDA2, `Autoregressive` for Ling-2.0."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from server.core import GenerateRequest, Segment, Sequence
+from unmask_kernels import SamplingBatch, accept_blocks
+
+
+class DecodeMode(Protocol):
+    attn_block: int  # block-causal mask granularity (1 = causal)
+    page_size: int
+
+    def new_sequence(self, req: GenerateRequest) -> Sequence: ...
+
+    def num_final(self, seq: Sequence) -> int:
+        """Leading positions whose ids are final and whose KV may come from the prefix cache."""
+        ...
+
+    def segment(self, seq: Sequence) -> Segment:
+        """Everything this sequence still needs forwarded, from `num_cached` on."""
+        ...
+
+    def accept(self, segments: list[Segment], logits: torch.Tensor) -> list[int]:
+        """Commit tokens from `logits` (rows in segment order); returns tokens committed each."""
+        ...
+
+    def output_ids(self, seq: Sequence) -> list[int]:
+        """The contiguous committed output: ids at positions >= prompt length, up to the first
+        undecided one."""
+        ...
+
+    def advance(self, seq: Sequence) -> bool:
+        """Called after a step when the sequence goes on; True if a block was completed."""
+        ...
+
+
+def _sampling(seqs: list[Sequence]) -> SamplingBatch | None:
+    if all(s.params.greedy for s in seqs):
+        return None
+    return SamplingBatch(
+        temperature=[s.params.temperature for s in seqs],
+        top_k=[s.params.top_k for s in seqs],
+        top_p=[s.params.top_p for s in seqs],
+        generators=[s.generator for s in seqs],
+    )
+
+
+class BlockDiffusion:
+    def __init__(self, block_size: int, mask_id: int, threshold: float) -> None:
+        self.attn_block = self.page_size = self.block_size = block_size
+        self.mask_id = mask_id
+        self.threshold = threshold
+
+    def new_sequence(self, req: GenerateRequest) -> Sequence:
+        B, P = self.block_size, len(req.prompt_ids)
+        start = P // B * B  # absolute grid: the prompt tail shares the first active block
+        tail = list(req.prompt_ids[start:])
+        return Sequence(req=req, tokens=list(req.prompt_ids[:start]),
+                        block=tail + [self.mask_id] * (B - len(tail)), block_start=start)
+
+    def num_final(self, seq: Sequence) -> int:
+        return seq.block_start
+
+    def segment(self, seq: Sequence) -> Segment:
+        return Segment(seq, seq.num_cached, seq.block_start + self.block_size,
+                       logits_start=seq.block_start, cache_end=seq.block_start)
+
+    def undecided(self, seq: Sequence) -> list[bool]:
+        frozen = max(0, seq.prompt_len - seq.block_start)  # prompt positions never change
+        assert seq.block is not None
+        return [i >= frozen and t == self.mask_id for i, t in enumerate(seq.block)]
+
+    def accept(self, segments: list[Segment], logits: torch.Tensor) -> list[int]:
+        seqs = [s.seq for s in segments]
+        S, B = len(seqs), self.block_size
+        dev = logits.device
+        blocks = torch.tensor([s.block for s in seqs], dtype=torch.long, device=dev)  # [S, B]
+        undecided = torch.tensor([self.undecided(s) for s in seqs], device=dev)  # [S, B]
+        thr = [self.threshold if s.params.threshold is None else s.params.threshold
+               for s in seqs]
+        committed = accept_blocks(
+            logits.view(S, B, -1), blocks, undecided,
+            threshold=torch.tensor(thr, dtype=torch.float32, device=dev),
+            min_commit=torch.tensor([s.params.min_commit for s in seqs], device=dev),
+            mask_id=self.mask_id, sampling=_sampling(seqs),
+        )
+        counts = committed.sum(1).tolist()
+        for seq, ids in zip(seqs, blocks.tolist(), strict=True):
+            seq.block = ids
+            seq.block_steps += 1
+        return counts
+
+    def output_ids(self, seq: Sequence) -> list[int]:
+        assert seq.block is not None
+        P = seq.prompt_len
+        out = seq.tokens[P:]
+        for t in seq.block[max(0, P - seq.block_start):]:
+            if t == self.mask_id:
+                break
+            out.append(t)
+        return out
+
+    def advance(self, seq: Sequence) -> bool:
+        assert seq.block is not None
+        if any(self.undecided(seq)):
+            return False
+        seq.tokens.extend(seq.block)
+        seq.block_start += self.block_size
+        seq.block = [self.mask_id] * self.block_size
+        seq.block_steps = 0
+        return True
+
+
+class Autoregressive:
+    """One token per step at the last position; causal attention; pages fill one slot a step."""
+
+    def __init__(self, page_size: int) -> None:
+        self.attn_block = 1
+        self.page_size = page_size
+
+    def new_sequence(self, req: GenerateRequest) -> Sequence:
+        return Sequence(req=req, tokens=list(req.prompt_ids), block=None,
+                        block_start=len(req.prompt_ids))
+
+    def num_final(self, seq: Sequence) -> int:
+        return len(seq.tokens) - 1  # the last token is forwarded to produce the next logits
+
+    def segment(self, seq: Sequence) -> Segment:
+        end = len(seq.tokens)
+        return Segment(seq, seq.num_cached, end, logits_start=end - 1, cache_end=end)
+
+    def accept(self, segments: list[Segment], logits: torch.Tensor) -> list[int]:
+        seqs = [s.seq for s in segments]
+        sampling = _sampling(seqs)
+        tokens = logits.argmax(-1)  # [S]
+        if sampling is not None:
+            from unmask_kernels.acceptance.ref import sample_rows
+
+            for i, s in enumerate(seqs):
+                if not s.params.greedy:
+                    tokens[i] = sample_rows(logits[i : i + 1], s.params.temperature,
+                                            s.params.top_k, s.params.top_p, s.generator)[0][0]
+        for seq, t in zip(seqs, tokens.tolist(), strict=True):
+            seq.tokens.append(t)
+        return [1] * len(seqs)
+
+    def output_ids(self, seq: Sequence) -> list[int]:
+        return seq.tokens[seq.prompt_len:]
+
+    def advance(self, seq: Sequence) -> bool:
+        return False

@@ -1,0 +1,93 @@
+"""The Ling-2.0 / LLaDA2 MoE decoder. One implementation serves `LLaDA2MoeModelLM` (block
+diffusion) and `BailingMoeV2ForCausalLM` (AR): they differ only in the attention mask, which the
+runner's `ForwardBatch` carries. Module names mirror the checkpoint's tensor names."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from server.model.config import ModelConfig
+from server.model.layers import RMSNorm, SwiGLU
+from server.model.moe import SparseMoE
+from server.model.rope import RotaryEmbedding
+from server.runner.attention import AttentionContext
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.nh, self.nkv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        # rows: [Q heads | K heads | V heads], each head hd contiguous rows (no interleaving)
+        self.query_key_value = nn.Linear(
+            cfg.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=cfg.use_qkv_bias
+        )
+        self.use_qk_norm = cfg.use_qk_norm
+        if cfg.use_qk_norm:
+            self.query_layernorm = RMSNorm(self.hd, cfg.rms_norm_eps)
+            self.key_layernorm = RMSNorm(self.hd, cfg.rms_norm_eps)
+        self.dense = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=cfg.use_bias)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
+                ctx: AttentionContext) -> torch.Tensor:
+        T = x.shape[0]
+        qkv = self.query_key_value(x).view(T, self.nh + 2 * self.nkv, self.hd)
+        q, k, v = qkv.split([self.nh, self.nkv, self.nkv], dim=1)  # [T, n*, hd]
+        if self.use_qk_norm:  # per-head norm before RoPE
+            q, k = self.query_layernorm(q), self.key_layernorm(k)
+        q, k = rope(positions, q, k)
+        out = ctx.attend(self.layer, q, k, v.contiguous())  # [T, nh, hd]
+        return self.dense(out.reshape(T, self.nh * self.hd))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attention = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp: nn.Module = (
+            SparseMoE(cfg) if cfg.is_moe_layer(layer)
+            else SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+        )
+
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
+                ctx: AttentionContext) -> torch.Tensor:
+        h = h + self.attention(self.input_layernorm(h), positions, rope, ctx)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Ling2MoeForward(nn.Module):
+    """forward(ids, positions, ctx) → hidden [T, H]; compute_logits(hidden rows) → fp32 logits."""
+
+    def __init__(self, cfg: ModelConfig, max_positions: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.max_positions = max_positions or cfg.max_position_embeddings
+        self.rope = RotaryEmbedding(cfg, self.max_positions)
+
+    def reset_rope(self, device: torch.device) -> None:
+        """(Re)compute the cos/sin tables on `device`: needed after building on the meta device."""
+        self.rope = RotaryEmbedding(self.cfg, self.max_positions).to(device)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                ctx: AttentionContext) -> torch.Tensor:
+        h = self.model.word_embeddings(input_ids)  # [T, H]
+        for layer in self.model.layers:
+            h = layer(h, positions, self.rope, ctx)
+        return h
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # hidden [R, H] (pre-norm rows); the final norm is per token, so it commutes with gather
+        return self.lm_head(self.model.norm(hidden)).float()  # [R, V]

@@ -1,0 +1,88 @@
+"""Sparse MoE block: fp32 sigmoid router with selection-only expert bias and group-limited top-k,
+stacked routed experts, and an always-on shared expert (llada2-spec §5)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from server.model.config import ModelConfig
+from server.model.layers import SwiGLU
+
+
+class Router(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        E = cfg.num_experts
+        self.weight = nn.Parameter(torch.empty(E, cfg.hidden_size, dtype=torch.float32))
+        self.register_buffer("expert_bias", torch.zeros(E, dtype=torch.float32))
+        self.top_k = cfg.num_experts_per_tok
+        self.n_group, self.topk_group = cfg.n_group, cfg.topk_group
+        self.scale = cfg.routed_scaling_factor
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, H] → (expert ids [T, k] long, weights [T, k] fp32)."""
+        T, E = x.shape[0], self.weight.shape[0]
+        scores = (x.float() @ self.weight.t()).sigmoid()  # [T, E] fp32
+        biased = scores + self.expert_bias  # chooses experts; never a weight
+        per_group = E // self.n_group
+        if per_group >= 2:
+            groups = biased.view(T, self.n_group, per_group)
+            group_score = groups.topk(2, dim=-1).values.sum(-1)  # [T, G]
+            keep = group_score.topk(self.topk_group, dim=-1, sorted=False).indices
+            keep_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)
+            biased = biased.masked_fill(~keep_mask.repeat_interleave(per_group, dim=1), -torch.inf)
+        ids = biased.topk(self.top_k, dim=-1, sorted=False).indices  # [T, k]
+        weights = scores.gather(1, ids)
+        if self.top_k > 1:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        return ids, weights * self.scale
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts stacked: w13 [E, 2I, H] (gate rows then up rows), w2 [E, H, I]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        E, H, inter = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        self.inter = inter
+        self.w13 = nn.Parameter(torch.empty(E, 2 * inter, H))
+        self.w2 = nn.Parameter(torch.empty(E, H, inter))
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Torch reference path: tokens sorted by expert, one matmul pair per touched expert."""
+        T, k = ids.shape
+        flat = ids.flatten()  # [T*k]
+        order = flat.argsort(stable=True)
+        token = order // k  # source row of each sorted assignment
+        counts = torch.bincount(flat, minlength=self.w13.shape[0]).tolist()
+        xs = x[token]  # [T*k, H]
+        out = torch.empty_like(xs)
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue
+            gate, up = (xs[start : start + n] @ self.w13[e].t()).split(self.inter, dim=-1)
+            out[start : start + n] = (F.silu(gate) * up) @ self.w2[e].t()
+            start += n
+        # expert outputs weighted and summed in fp32, then cast back (spec §5 precision)
+        weighted = out.float() * weights.flatten()[order].unsqueeze(1)
+        y = torch.zeros(T, x.shape[1], dtype=torch.float32, device=x.device)
+        return y.index_add_(0, token, weighted).to(x.dtype)
+
+
+class SparseMoE(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate = Router(cfg)
+        self.experts = Experts(cfg)
+        shared = cfg.moe_intermediate_size * cfg.num_shared_experts
+        self.shared_experts = SwiGLU(cfg.hidden_size, shared) if shared > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids, weights = self.gate(x)
+        y = self.experts(x, ids, weights)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
+        return y

@@ -1,0 +1,117 @@
+"""Paged KV storage and attention backends, chosen once by name through a small lazy registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from server.runner.forward_batch import ForwardBatch
+
+
+class KVCache:
+    """Per-layer K and V as flat slot arrays: slot = page * page_size + offset."""
+
+    def __init__(self, num_layers: int, num_pages: int, page_size: int, num_kv_heads: int,
+                 head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        shape = (num_layers, num_pages * page_size, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, slots, nkv, hd]
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.num_pages, self.page_size = num_pages, page_size
+
+    @staticmethod
+    def bytes_per_page(num_layers: int, page_size: int, num_kv_heads: int, head_dim: int,
+                       dtype: torch.dtype) -> int:
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * num_layers * page_size * num_kv_heads * head_dim * itemsize
+
+
+class AttentionBackend(Protocol):
+    name: str
+
+    def prepare(self, fb: ForwardBatch) -> Any: ...
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                kv: KVCache, fb: ForwardBatch, meta: Any) -> torch.Tensor: ...
+
+
+@dataclass(slots=True)
+class AttentionContext:
+    """Everything an attention layer needs for one forward, passed down explicitly."""
+
+    backend: AttentionBackend
+    kv: KVCache
+    fb: ForwardBatch
+    meta: Any
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+               ) -> torch.Tensor:
+        return self.backend.forward(layer, q, k, v, self.kv, self.fb, self.meta)
+
+
+@dataclass(slots=True)
+class _TorchMeta:
+    q_rows: torch.Tensor  # [S, Qmax] row of each padded query (pads point at row 0)
+    q_valid: torch.Tensor  # [S, Qmax] bool
+    kv_slots: torch.Tensor  # [S, Kmax] slot of each key position (pads point at slot 0)
+    mask: torch.Tensor  # [S, 1, Qmax, Kmax] bool: True = may attend
+
+
+class TorchAttention:
+    """Reference backend: write this forward's K/V to their slots, gather each segment's keys
+    from the pages, pad segments to one rectangle and run SDPA with an explicit mask."""
+
+    name = "torch"
+
+    def prepare(self, fb: ForwardBatch) -> _TorchMeta:
+        dev = fb.input_ids.device
+        q_len = (fb.qo_indptr[1:] - fb.qo_indptr[:-1]).to(dev)  # [S]
+        q_start = fb.q_start.to(dev)
+        kv_len = fb.kv_len.to(dev)
+        q_max, k_max = int(q_len.max()), int(fb.kv_len.max())
+        qi = torch.arange(q_max, device=dev)
+        q_valid = qi[None, :] < q_len[:, None]  # [S, Qmax]
+        q_rows = torch.where(q_valid, fb.qo_indptr[:-1].to(dev)[:, None] + qi[None, :], 0)
+        kpos = torch.arange(k_max, device=dev)  # [Kmax]
+        page = fb.page_table.gather(1, (kpos // fb.page_size).clamp(max=fb.page_table.shape[1] - 1)
+                                    .expand(fb.num_segments, -1))
+        kv_slots = page * fb.page_size + kpos % fb.page_size  # [S, Kmax]
+        qpos = q_start[:, None] + qi[None, :]  # [S, Qmax]
+        blk = fb.attn_block
+        visible = (kpos[None, None, :] // blk <= qpos[:, :, None] // blk) & (
+            kpos[None, None, :] < kv_len[:, None, None]
+        )
+        visible = visible | ~q_valid[:, :, None]  # padded rows see everything (discarded later)
+        return _TorchMeta(q_rows, q_valid, kv_slots.masked_fill(kpos >= kv_len[:, None], 0),
+                          visible.unsqueeze(1))
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                kv: KVCache, fb: ForwardBatch, meta: _TorchMeta) -> torch.Tensor:
+        # q [T, nh, hd]; k, v [T, nkv, hd] → [T, nh, hd]
+        kv.k[layer].index_copy_(0, fb.slot_mapping, k)
+        kv.v[layer].index_copy_(0, fb.slot_mapping, v)
+        qs = q[meta.q_rows].transpose(1, 2)  # [S, nh, Qmax, hd]
+        ks = kv.k[layer][meta.kv_slots].transpose(1, 2)  # [S, nkv, Kmax, hd]
+        vs = kv.v[layer][meta.kv_slots].transpose(1, 2)
+        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=meta.mask, enable_gqa=True)
+        out = out.transpose(1, 2)[meta.q_valid]  # [T, nh, hd] in segment order
+        return out
+
+
+_BACKENDS: dict[str, Callable[[], AttentionBackend]] = {"torch": TorchAttention}
+
+
+def register_backend(name: str, factory: Callable[[], AttentionBackend]) -> None:
+    _BACKENDS[name] = factory
+
+
+def create_backend(name: str, device: torch.device) -> AttentionBackend:
+    """'auto' picks the best available for the device; CPU always gets the torch backend."""
+    if name == "auto":
+        name = "torch"
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_BACKENDS)}")
+    return _BACKENDS[name]()

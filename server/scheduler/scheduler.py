@@ -1,0 +1,174 @@
+"""Step-level continuous batching (SGLang lineage): every step, running sequences first (oldest
+first), then FCFS admission of waiting ones under a token budget and the free pages; the newest
+running sequence is preempted (pages freed, recomputed later) when pages run out."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from server.config import SchedulerConfig
+from server.core import (
+    Batch,
+    EngineOutput,
+    FinishReason,
+    Segment,
+    SeqStatus,
+    Sequence,
+    StepStats,
+)
+from server.engine.modes import DecodeMode
+from server.kv_cache.manager import KVManager
+
+
+class Scheduler:
+    def __init__(self, cfg: SchedulerConfig, kv: KVManager, mode: DecodeMode,
+                 eos_ids: tuple[int, ...]) -> None:
+        self.cfg, self.kv, self.mode = cfg, kv, mode
+        self.eos_ids = frozenset(eos_ids)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # admission order: oldest first
+        self.live: dict[str, Sequence] = {}
+        self.stats = StepStats()  # counters of the step being built; reset by the engine
+
+    # -- queue ----------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        if seq.rid in self.live:
+            raise ValueError(f"duplicate request id {seq.rid!r}")
+        seq.stats.arrival_time = seq.req.arrival_time
+        seq.stats.prompt_tokens = seq.prompt_len
+        self.live[seq.rid] = seq
+        self.waiting.append(seq)
+
+    def abort(self, rid: str, reason: FinishReason = FinishReason.ABORT,
+              error: str | None = None) -> EngineOutput | None:
+        seq = self.live.get(rid)
+        if seq is None:
+            return None
+        if seq.status is SeqStatus.WAITING:
+            self.waiting.remove(seq)
+        seq.error = error
+        self._finish(seq, reason)
+        return EngineOutput(rid, [], True, reason, error, seq.stats)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- schedule -------------------------------------------------------------------------
+    def schedule(self) -> Batch:
+        budget = self.cfg.max_num_batched_tokens
+        segments: list[Segment] = []
+        preempted = 0
+        for seq in list(self.running):
+            if seq.status is not SeqStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            seg = self._fit(self.mode.segment(seq), budget)
+            if seg is None:
+                continue
+            while not self.kv.grow(seq, seg.end):
+                victim = self.running[-1]  # newest; never one already scheduled (all older)
+                self._preempt(victim)
+                preempted += 1
+                if victim is seq:
+                    break
+            if seq.status is SeqStatus.RUNNING:
+                segments.append(seg)
+                budget -= seg.num_tokens
+        if not preempted:
+            budget = self._admit(segments, budget)
+        self.stats.num_preempted += preempted
+        return Batch(segments, sum(s.num_tokens for s in segments), preempted)
+
+    def _admit(self, segments: list[Segment], budget: int) -> int:
+        while (self.waiting and len(self.running) < self.cfg.max_running_requests
+               and budget >= self.mode.attn_block):
+            seq = self.waiting[0]
+            reserve = self.cfg.admission_reserve_pages * len(self.running)
+            num_final = self.mode.num_final(seq)
+            hit = self.kv.admit(seq, num_final, seq.canvas_end, reserve)
+            if hit is None:
+                break
+            self.waiting.popleft()
+            self.running.append(seq)
+            seq.status = SeqStatus.RUNNING
+            self.stats.prefix_query_tokens += num_final
+            self.stats.prefix_hit_tokens += hit
+            if seq.stats.first_scheduled_time is None:
+                seq.stats.first_scheduled_time = time.monotonic()
+                seq.stats.cached_prompt_tokens = min(hit, seq.prompt_len)
+            seg = self._fit(self.mode.segment(seq), budget)
+            if seg is not None:
+                segments.append(seg)
+                budget -= seg.num_tokens
+        return budget
+
+    def _fit(self, seg: Segment, budget: int) -> Segment | None:
+        """The segment, or a prefill chunk of whole attention blocks that fits the budget."""
+        if seg.num_tokens <= budget:
+            return seg
+        n = budget // self.mode.attn_block * self.mode.attn_block
+        if n <= 0:
+            return None
+        end = seg.start + n  # block-aligned, so it stops at or before the active block
+        return Segment(seg.seq, seg.start, end, logits_start=None, cache_end=end)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.kv.free(seq)
+        self.running.remove(seq)
+        seq.status = SeqStatus.WAITING
+        seq.stats.preemptions += 1
+        self.waiting.appendleft(seq)
+
+    # -- update ---------------------------------------------------------------------------
+    def update(self, batch: Batch, committed: list[int]) -> list[EngineOutput]:
+        """After the forward and acceptance: persist/seal KV, stop checks, emit, advance."""
+        for seg in batch.segments:
+            seg.seq.num_cached = seg.cache_end
+            self.kv.seal(seg.seq)
+        outputs = []
+        for seg, n in zip(batch.logit_segments, committed, strict=True):
+            seq = seg.seq
+            seq.stats.steps += 1
+            self.stats.tokens_committed += n
+            out = self._emit(seq)
+            if out is not None:
+                outputs.append(out)
+            if seq.status is SeqStatus.RUNNING and self.mode.advance(seq):
+                seq.stats.blocks += 1
+                self.stats.blocks_completed += 1
+        return outputs
+
+    def _emit(self, seq: Sequence) -> EngineOutput | None:
+        """Report the growth of the contiguous committed output; finish on a stop id or
+        max_tokens (the output is cut there, stop id included)."""
+        out = self.mode.output_ids(seq)
+        p = seq.params
+        stops = (frozenset() if p.ignore_eos else self.eos_ids) | frozenset(p.stop_token_ids)
+        limit, reason = min(len(out), p.max_tokens), None
+        for i in range(seq.num_emitted, limit):
+            if out[i] in stops:
+                limit, reason = i + 1, FinishReason.STOP
+                break
+        if reason is None and len(out) >= p.max_tokens:
+            reason = FinishReason.LENGTH
+        new = out[seq.num_emitted : limit]
+        seq.num_emitted = limit
+        if new and seq.stats.first_token_time is None:
+            seq.stats.first_token_time = time.monotonic()
+        if reason is not None:
+            self._finish(seq, reason)
+        if not new and reason is None:
+            return None
+        return EngineOutput(seq.rid, new, reason is not None, reason,
+                            stats=seq.stats if reason is not None else None)
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        if seq.status is SeqStatus.RUNNING:
+            self.running.remove(seq)
+        if seq.page_table:
+            self.kv.free(seq)
+        seq.status = SeqStatus.FINISHED
+        seq.finish_reason = reason
+        seq.stats.output_tokens = seq.num_emitted
+        seq.stats.finished_time = time.monotonic()
+        self.live.pop(seq.rid, None)
