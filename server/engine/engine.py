@@ -10,7 +10,14 @@ from dataclasses import dataclass
 import torch
 
 from server.config import AR_PAGE_SIZE, DIFFUSION_DEFAULTS, EngineConfig, parse_bytes
-from server.core import Batch, EngineOutput, GenerateRequest, StepResult, StepStats
+from server.core import (
+    Batch,
+    EngineOutput,
+    FinishReason,
+    GenerateRequest,
+    StepResult,
+    StepStats,
+)
 from server.engine.modes import Autoregressive, BlockDiffusion, DecodeMode
 from server.kv_cache.manager import KVManager
 from server.kv_cache.page_pool import PagePool
@@ -156,7 +163,14 @@ class Engine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
+    def fail_all(self, error: str) -> list[EngineOutput]:
+        """Finish every live request with `error` (after an unexpected failure in a step)."""
+        rids = list(self.scheduler.live)
+        outs = [self.scheduler.abort(rid, FinishReason.ERROR, error) for rid in rids]
+        return [o for o in outs if o is not None]
+
     # -- the step -------------------------------------------------------------------------
+    @torch.inference_mode()
     def step(self) -> StepResult:
         t0 = time.perf_counter()
         self.scheduler.stats = StepStats()
