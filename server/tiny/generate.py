@@ -1,0 +1,109 @@
+"""`make_tiny_model`: a random checkpoint in the real on-disk format (config.json with the real
+field names, safetensors with the real tensor names, generation_config.json, tokenizer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from server.tiny.tokenizer import build_tokenizer, write_tokenizer_files
+from server.tiny.weights import random_tensors
+
+SHARD_BYTES = 4 << 30
+ARCHS = {
+    "llada2": ("LLaDA2MoeModelLM", "llada2_moe"),
+    "ling2": ("BailingMoeV2ForCausalLM", "bailing_moe_v2"),
+}
+TINY = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8,
+            num_experts_per_tok=2, n_group=2, topk_group=1, num_shared_experts=1,
+            max_position_embeddings=2048, num_hidden_layers=2)
+# llada2-spec §1 (LLaDA2.0-mini / -flash)
+REAL = {
+    "mini": dict(hidden_size=2048, intermediate_size=5120, moe_intermediate_size=512,
+                 num_attention_heads=16, num_key_value_heads=4, head_dim=128, num_experts=256,
+                 num_experts_per_tok=8, n_group=8, topk_group=4, num_shared_experts=1,
+                 max_position_embeddings=16384, num_hidden_layers=20, vocab_size=157184),
+    "flash": dict(hidden_size=4096, intermediate_size=9216, moe_intermediate_size=1024,
+                  num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=256,
+                  num_experts_per_tok=8, n_group=8, topk_group=4, num_shared_experts=1,
+                  max_position_embeddings=16384, num_hidden_layers=32, vocab_size=157184),
+}
+
+
+def model_config(arch: str, vocab_size: int, pad_id: int, layers: int | None = None,
+                 config_of: str | None = None, dtype: str = "float32") -> dict:
+    name, model_type = ARCHS[arch]
+    shape = dict(REAL[config_of]) if config_of else dict(TINY, vocab_size=vocab_size)
+    if layers is not None:
+        shape["num_hidden_layers"] = layers
+    return {
+        "architectures": [name], "model_type": model_type, **shape,
+        "first_k_dense_replace": 1, "routed_scaling_factor": 2.5, "score_function": "sigmoid",
+        "moe_router_enable_expert_bias": True, "router_dtype": "fp32", "norm_topk_prob": True,
+        "norm_head": False, "norm_softmax": False, "use_qk_norm": True, "use_qkv_bias": False,
+        "use_bias": False, "partial_rotary_factor": 0.5, "rotary_dim": shape["head_dim"] // 2,
+        "rope_theta": 600000.0, "rope_scaling": None, "rms_norm_eps": 1e-6,
+        "hidden_act": "silu", "tie_word_embeddings": False, "pad_token_id": pad_id,
+        "attention_dropout": 0.0, "embedding_dropout": 0.0, "output_dropout": 0.0,
+        "use_cache": False, "torch_dtype": dtype,
+    }
+
+
+def make_tiny_model(out_dir: str | Path, arch: str = "llada2", seed: int = 0,
+                    layers: int | None = None, peaky: bool = False,
+                    config_of: str | None = None, dtype: str | None = None) -> Path:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose {sorted(ARCHS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer()
+    ids = write_tokenizer_files(tok, out, arch)
+    vocab = -(-tok.get_vocab_size() // 64) * 64
+    dtype = dtype or ("bfloat16" if config_of else "float32")
+    cfg = model_config(arch, vocab, ids["<|endoftext|>"], layers, config_of, dtype)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    gen = ({"eos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"],
+            "mask_token_id": ids["<|mask|>"]} if arch == "llada2" else
+           {"eos_token_id": [ids["<|endoftext|>"], ids["<|role_end|>"]],
+            "bos_token_id": ids["<|startoftext|>"], "pad_token_id": ids["<|endoftext|>"]})
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    _write_weights(out, random_tensors(cfg, seed, peaky, getattr(torch, dtype)))
+    return out
+
+
+def _write_weights(out: Path, tensors) -> None:  # noqa: ANN001 - iterator of (name, tensor)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    names: list[list[str]] = [[]]
+    for name, t in tensors:
+        nbytes = t.numel() * t.element_size()
+        if size + nbytes > SHARD_BYTES and shards[-1]:
+            _flush(out, shards, len(names))
+            shards.append({})
+            names.append([])
+            size = 0
+        shards[-1][name] = t.contiguous()
+        names[-1].append(name)
+        size += nbytes
+    if len(names) == 1:
+        save_file(shards[0], out / "model.safetensors", metadata={"format": "pt"})
+        return
+    _flush(out, shards, len(names))
+    n = len(names)
+    files = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    for i in range(n):  # shards were written under provisional names
+        (out / f"shard-{i}.safetensors").rename(out / files[i])
+    index = {"metadata": {}, "weight_map": {k: files[i] for i, ks in enumerate(names)
+                                            for k in ks}}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _flush(out: Path, shards: list[dict[str, torch.Tensor]], count: int) -> None:
+    i = count - 1
+    if shards[i]:
+        save_file(shards[i], out / f"shard-{i}.safetensors", metadata={"format": "pt"})
+        shards[i] = {}

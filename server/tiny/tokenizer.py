@@ -1,0 +1,62 @@
+"""A deterministic byte-level BPE tokenizer trained on the shipped corpus, with the LLaDA2
+special tokens and chat template, written as Hugging Face tokenizer files."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+HERE = Path(__file__).parent
+# Fixed order: ids are stable (they follow the trained vocabulary).
+SPECIAL_TOKENS = (
+    "<|startoftext|>", "<|endoftext|>", "<|mask|>", "<role>", "</role>", "<|role_end|>",
+    "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+)
+
+
+@cache
+def _trained_json(vocab_size: int) -> str:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SPECIAL_TOKENS), min_frequency=2, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    text = (HERE / "corpus.txt").read_text(encoding="utf-8")
+    tok.train_from_iterator([p for p in text.split("\n\n") if p], trainer=trainer)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    return tok.to_str()
+
+
+def build_tokenizer(vocab_size: int = 1024) -> Tokenizer:
+    """Same corpus and settings → byte-identical tokenizer.json on every run."""
+    return Tokenizer.from_str(_trained_json(vocab_size))
+
+
+def chat_template() -> str:
+    return (HERE / "chat_template.jinja").read_text(encoding="utf-8")
+
+
+def write_tokenizer_files(tok: Tokenizer, out_dir: Path, arch: str) -> dict[str, int]:
+    """tokenizer.json, tokenizer_config.json, special_tokens_map.json; returns special ids."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.json").write_text(tok.to_str(pretty=True), encoding="utf-8")
+    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    eos = "<|endoftext|>" if arch == "llada2" else "<|role_end|>"
+    special = {"bos_token": "<|startoftext|>", "eos_token": eos, "pad_token": "<|endoftext|>",
+               "mask_token": "<|mask|>"}
+    added = {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,
+                      "normalized": False, "single_word": False} for t, i in ids.items()}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False,
+        "add_eos_token": False, "clean_up_tokenization_spaces": False,
+        "model_max_length": 1 << 20, "added_tokens_decoder": added,
+        "chat_template": chat_template(), **special,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    return ids
