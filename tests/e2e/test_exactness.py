@@ -44,10 +44,10 @@ def test_shape_matrix_at_concurrency_16(weights: str, request: pytest.FixtureReq
 def test_concurrency_levels_staggered(tiny_llada2_peaky: Path, concurrency: int) -> None:
     model_dir = tiny_llada2_peaky
     eos = read_special_ids(model_dir).eos_ids
-    reqs = [(f"r{i}", make_prompt(model_dir, 7 + 13 * i, seed=i), SamplingParams(max_tokens=45))
+    reqs = [(f"r{i}", make_prompt(model_dir, 7 + 13 * i, seed=i), SamplingParams(max_tokens=90))
             for i in range(16)]
     engine = make_engine(model_dir, max_running_requests=concurrency)
-    result = run(engine, reqs, stagger=3)
+    result = run(engine, reqs, stagger=1)
     assert result.max_running == concurrency
     check(model_dir, reqs, result, eos)
 
@@ -86,8 +86,8 @@ def test_prefix_cache_hits(tiny_llada2: Path) -> None:
     assert again.tokens["h0-again"] == first.tokens["h0"]
 
 
-def test_preemption_keeps_outputs_identical(tiny_llada2_peaky: Path) -> None:
-    model_dir = tiny_llada2_peaky
+def test_preemption_keeps_outputs_identical(tiny_llada2: Path) -> None:
+    model_dir = tiny_llada2
     reqs = [(f"q{i}", make_prompt(model_dir, 40 + 9 * i, seed=200 + i),
              SamplingParams(max_tokens=90, ignore_eos=True)) for i in range(8)]
     engine = make_engine(model_dir, num_pages=16, max_running_requests=8)

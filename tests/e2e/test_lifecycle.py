@@ -45,7 +45,7 @@ def test_invalid_requests_are_refused_and_others_go_on(tiny_llada2: Path) -> Non
     with pytest.raises(ValueError, match="outside the vocabulary"):
         engine.add_request(GenerateRequest("v", (10**9,), SamplingParams()))
     with pytest.raises(ValueError, match="maximum context length is 256 tokens"):
-        engine.add_request(GenerateRequest("l", tuple(good), SamplingParams(max_tokens=240)))
+        engine.add_request(GenerateRequest("l", tuple(good), SamplingParams(max_tokens=250)))
     small = make_engine(tiny_llada2, num_pages=2)
     with pytest.raises(ValueError, match="KV pages"):
         small.add_request(GenerateRequest("p", tuple(good), SamplingParams(max_tokens=100)))
