@@ -220,6 +220,7 @@ class StepStats:
     num_logit_rows: int = 0  # segments that produced logits (active blocks / AR positions)
     tokens_committed: int = 0  # output tokens committed this step
     blocks_completed: int = 0
+    steps_per_block: list[int] = field(default_factory=list)  # of each block completed
     num_preempted: int = 0
     num_running: int = 0
     num_waiting: int = 0
@@ -233,6 +234,10 @@ class StepStats:
     @property
     def tokens_per_forward(self) -> float:
         return self.tokens_committed / self.num_logit_rows if self.num_logit_rows else 0.0
+
+    @property
+    def pages_free(self) -> int:
+        return self.pages_total - self.pages_used - self.pages_cached
 
 
 @dataclass(slots=True)

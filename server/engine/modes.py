@@ -92,7 +92,6 @@ class BlockDiffusion:
         counts = committed.sum(1).tolist()
         for seq, ids in zip(seqs, blocks.tolist(), strict=True):
             seq.block = ids
-            seq.block_steps += 1
         return counts
 
     def output_ids(self, seq: Sequence) -> list[int]:

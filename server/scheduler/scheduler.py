@@ -129,13 +129,16 @@ class Scheduler:
         for seg, n in zip(batch.logit_segments, committed, strict=True):
             seq = seg.seq
             seq.stats.steps += 1
+            seq.block_steps += 1
             self.stats.tokens_committed += n
             out = self._emit(seq)
             if out is not None:
                 outputs.append(out)
+            block_steps = seq.block_steps
             if seq.status is SeqStatus.RUNNING and self.mode.advance(seq):
                 seq.stats.blocks += 1
                 self.stats.blocks_completed += 1
+                self.stats.steps_per_block.append(block_steps)
         return outputs
 
     def _emit(self, seq: Sequence) -> EngineOutput | None:

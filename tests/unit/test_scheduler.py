@@ -45,6 +45,7 @@ def test_first_step_layout_and_commit_segment() -> None:
     add(s, "a", prompt_len=6)  # blocks: [0,4) prompt, [4,8) = 2 prompt ids + 2 masks
     plan, _ = step(s, commit_all=True)
     assert plan == [("a", 0, 8, True)]
+    assert s.stats.blocks_completed == 1 and s.stats.steps_per_block == [1]
     plan, outs = step(s)  # block [4,8) is re-forwarded with its final ids + the next block
     assert plan == [("a", 4, 12, True)]
     assert s.live["a"].num_sealed_pages == 2 and s.live["a"].num_cached == 8
