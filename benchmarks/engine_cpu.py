@@ -30,6 +30,13 @@ from tests.e2e.engine_harness import make_prompt  # noqa: E402
 from tests.reference.decode import reference_generate  # noqa: E402
 from tests.reference.model import load_reference  # noqa: E402
 
+SHAPES: dict[str, dict[str, int]] = {
+    "tiny": {},
+    "small": dict(hidden_size=512, intermediate_size=1024, moe_intermediate_size=256,
+                  num_attention_heads=8, num_key_value_heads=2, head_dim=64, num_experts=16,
+                  num_experts_per_tok=4, n_group=4, topk_group=2, num_hidden_layers=4),
+}
+
 
 def time_reference(model_dir: Path, prompt: list[int], n: int) -> tuple[float, int]:
     model = load_reference(model_dir)
@@ -63,10 +70,14 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--peaky", action="store_true", help="weights that commit >1 token/step")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny",
+                    help="tiny: the test checkpoint (op-overhead bound); small: wider, so "
+                         "compute dominates as it does for real models")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_tiny_model(Path(tmp), arch="llada2", seed=0, peaky=args.peaky)
+        model_dir = make_tiny_model(Path(tmp), arch="llada2", seed=0, peaky=args.peaky,
+                                    overrides=SHAPES[args.shape])
         prompts = [make_prompt(model_dir, args.prompt, seed=i) for i in range(max(
             args.concurrency))]
         ref_wall, ref_tokens = time_reference(model_dir, prompts[0], args.output)
@@ -78,7 +89,7 @@ def main() -> None:
     report = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
         "threads": args.threads, "torch": torch.__version__, "prompt": args.prompt,
-        "output": args.output, "peaky": args.peaky,
+        "output": args.output, "peaky": args.peaky, "shape": args.shape,
         "reference": {"wall_s": ref_wall, "tokens": ref_tokens, "tok_s": ref_tok_s},
         "engine": rows,
     }

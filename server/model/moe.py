@@ -63,8 +63,8 @@ class Experts(nn.Module):
         for e, n in enumerate(counts):
             if n == 0:
                 continue
-            gate, up = (xs[start : start + n] @ self.w13[e].t()).split(self.inter, dim=-1)
-            out[start : start + n] = (F.silu(gate) * up) @ self.w2[e].t()
+            gate, up = F.linear(xs[start : start + n], self.w13[e]).split(self.inter, dim=-1)
+            out[start : start + n] = F.linear(F.silu(gate) * up, self.w2[e])
             start += n
         # expert outputs weighted and summed in fp32, then cast back (spec §5 precision)
         weighted = out.float() * weights.flatten()[order].unsqueeze(1)

@@ -35,9 +35,11 @@ REAL = {
 
 
 def model_config(arch: str, vocab_size: int, pad_id: int, layers: int | None = None,
-                 config_of: str | None = None, dtype: str = "float32") -> dict:
+                 config_of: str | None = None, dtype: str = "float32",
+                 overrides: dict | None = None) -> dict:
     name, model_type = ARCHS[arch]
     shape = dict(REAL[config_of]) if config_of else dict(TINY, vocab_size=vocab_size)
+    shape.update(overrides or {})
     if layers is not None:
         shape["num_hidden_layers"] = layers
     return {
@@ -55,7 +57,9 @@ def model_config(arch: str, vocab_size: int, pad_id: int, layers: int | None = N
 
 def make_tiny_model(out_dir: str | Path, arch: str = "llada2", seed: int = 0,
                     layers: int | None = None, peaky: bool = False,
-                    config_of: str | None = None, dtype: str | None = None) -> Path:
+                    config_of: str | None = None, dtype: str | None = None,
+                    overrides: dict | None = None) -> Path:
+    """`overrides` replaces config fields (e.g. a wider "small" benchmark shape)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose {sorted(ARCHS)}")
     out = Path(out_dir)
@@ -64,7 +68,7 @@ def make_tiny_model(out_dir: str | Path, arch: str = "llada2", seed: int = 0,
     ids = write_tokenizer_files(tok, out, arch)
     vocab = -(-tok.get_vocab_size() // 64) * 64
     dtype = dtype or ("bfloat16" if config_of else "float32")
-    cfg = model_config(arch, vocab, ids["<|endoftext|>"], layers, config_of, dtype)
+    cfg = model_config(arch, vocab, ids["<|endoftext|>"], layers, config_of, dtype, overrides)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     gen = ({"eos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"],
             "mask_token_id": ids["<|mask|>"]} if arch == "llada2" else
