@@ -105,3 +105,18 @@ def test_offline_llm_generate(tiny_llada2_peaky: Path) -> None:
         assert cut.text == text[: text.index(stop)] and cut.finish_reason == "stop"
     bad = llm.generate([[10**9]], SamplingParams(max_tokens=4))[0]
     assert bad.finish_reason == "error" and "vocabulary" in (bad.error or "")
+
+
+def test_seeded_sampling_is_reproducible_across_batches(tiny_llada2_peaky: Path) -> None:
+    d = tiny_llada2_peaky
+    prompt = make_prompt(d, 21, seed=9)
+    sampled = SamplingParams(max_tokens=50, temperature=0.9, top_p=0.95, top_k=50, seed=1234)
+    alone = run(make_engine(d), [("s", prompt, sampled)]).tokens["s"]
+    crowd = [(f"o{i}", make_prompt(d, 5 + 9 * i, seed=50 + i),
+              SamplingParams(max_tokens=40, temperature=1.0, seed=i)) for i in range(6)]
+    batched = run(make_engine(d), [*crowd[:3], ("s", prompt, sampled), *crowd[3:]], stagger=1)
+    assert batched.tokens["s"] == alone
+    other = SamplingParams(max_tokens=50, temperature=0.9, top_p=0.95, top_k=50, seed=99)
+    assert run(make_engine(d), [("t", prompt, other)]).tokens["t"] != alone
+    greedy = run(make_engine(d), [("g", prompt, SamplingParams(max_tokens=50))]).tokens["g"]
+    assert greedy != alone
