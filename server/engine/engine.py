@@ -81,6 +81,11 @@ class Engine:
             self.mode = BlockDiffusion(block, specials.mask_id, cfg.diffusion.threshold)
         else:
             self.mode = Autoregressive(AR_PAGE_SIZE)
+        if cfg.scheduler.max_num_batched_tokens < 2 * self.mode.page_size:
+            raise ValueError(f"max_num_batched_tokens must be >= {2 * self.mode.page_size} "
+                             "(a commit block plus an active block)")
+        if cfg.scheduler.max_running_requests < 1:
+            raise ValueError("max_running_requests must be >= 1")
         t0 = time.perf_counter()
         model = load_model(model_dir, mcfg, dtype, device, self.max_model_len)
         num_pages = self._num_pages(mcfg, dtype, device)
