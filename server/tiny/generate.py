@@ -4,6 +4,7 @@ field names, safetensors with the real tensor names, generation_config.json, tok
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -79,35 +80,33 @@ def make_tiny_model(out_dir: str | Path, arch: str = "llada2", seed: int = 0,
     return out
 
 
-def _write_weights(out: Path, tensors) -> None:  # noqa: ANN001 - iterator of (name, tensor)
-    shards: list[dict[str, torch.Tensor]] = [{}]
+def _write_weights(out: Path, tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
+    """One model.safetensors, or HF-style shards + index once the total passes SHARD_BYTES.
+    Tensors stream through: at most one shard is held in memory."""
+    shards: list[list[str]] = []
+    pending: dict[str, torch.Tensor] = {}
     size = 0
-    names: list[list[str]] = [[]]
+
+    def flush() -> None:
+        nonlocal pending, size
+        shards.append(list(pending))
+        save_file(pending, out / f"shard-{len(shards)}.tmp", metadata={"format": "pt"})
+        pending, size = {}, 0
+
     for name, t in tensors:
         nbytes = t.numel() * t.element_size()
-        if size + nbytes > SHARD_BYTES and shards[-1]:
-            _flush(out, shards, len(names))
-            shards.append({})
-            names.append([])
-            size = 0
-        shards[-1][name] = t.contiguous()
-        names[-1].append(name)
+        if pending and size + nbytes > SHARD_BYTES:
+            flush()
+        pending[name] = t.contiguous()
         size += nbytes
-    if len(names) == 1:
-        save_file(shards[0], out / "model.safetensors", metadata={"format": "pt"})
+    flush()
+    if len(shards) == 1:
+        (out / "shard-1.tmp").rename(out / "model.safetensors")
         return
-    _flush(out, shards, len(names))
-    n = len(names)
-    files = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    for i in range(n):  # shards were written under provisional names
-        (out / f"shard-{i}.safetensors").rename(out / files[i])
-    index = {"metadata": {}, "weight_map": {k: files[i] for i, ks in enumerate(names)
-                                            for k in ks}}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def _flush(out: Path, shards: list[dict[str, torch.Tensor]], count: int) -> None:
-    i = count - 1
-    if shards[i]:
-        save_file(shards[i], out / f"shard-{i}.safetensors", metadata={"format": "pt"})
-        shards[i] = {}
+    n = len(shards)
+    files = [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    for i, f in enumerate(files, start=1):
+        (out / f"shard-{i}.tmp").rename(out / f)
+    weight_map = {k: f for f, keys in zip(files, shards, strict=True) for k in keys}
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2) + "\n")

@@ -142,3 +142,20 @@ def test_real_shapes_config_and_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["make-tiny-model", str(tmp_path / "m"), "--arch", "ling2", "--seed", "1"]) == 0
     assert "wrote ling2 checkpoint" in capsys.readouterr().out
     assert ModelConfig.from_file(tmp_path / "m" / "config.json").mode == "ar"
+
+
+def test_large_checkpoints_are_sharded_with_an_index(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.tiny.generate as gen
+
+    single = load_file(make_tiny_model(tmp_path / "one", seed=5) / "model.safetensors")
+    monkeypatch.setattr(gen, "SHARD_BYTES", 200_000)
+    d = make_tiny_model(tmp_path / "many", seed=5)
+    index = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    files = sorted(set(index.values()))
+    assert len(files) > 1 and not (d / "model.safetensors").exists()
+    merged = {}
+    for f in files:
+        merged |= load_file(d / f)
+    assert merged.keys() == single.keys() == index.keys()
+    assert all(torch.equal(merged[k], single[k]) for k in single)
