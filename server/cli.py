@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -39,6 +41,64 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from server.api.app import ServerSettings
+    from server.api.launcher import default_model_dir, serve
+    from server.engine.llm import engine_config
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = args.model or str(default_model_dir())
+    options = {k: v for k, v in dict(
+        device=args.device, dtype=args.dtype, threshold=args.threshold,
+        block_size=args.block_size, kv_cache_memory=args.kv_cache_memory,
+        num_pages=args.num_pages, max_running_requests=args.max_running_requests,
+        max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+        prefix_caching=not args.no_prefix_caching, attention_backend=args.attention_backend,
+        seed=args.seed).items() if v is not None}
+    settings = ServerSettings(
+        engine=engine_config(model, **options),
+        served_model_name=args.served_model_name or Path(model).name,
+        api_key=args.api_key or os.environ.get("UNMASK_API_KEY"),
+        max_queued_requests=args.max_queued_requests,
+        in_process_engine=args.in_process_engine,
+    )
+    serve(settings, args.host, args.port, args.shutdown_timeout, args.log_level)
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="the OpenAI-compatible HTTP server")
+    s.add_argument("model", nargs="?", default=None,
+                   help="checkpoint dir or hub id (default: the embedded tiny model)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--served-model-name", default=None)
+    s.add_argument("--api-key", default=None, help="require this Bearer key on /v1/*")
+    s.add_argument("--device", default=None, help="auto | cpu | cuda[:N]")
+    s.add_argument("--dtype", default=None, help="auto | bfloat16 | float16 | float32")
+    s.add_argument("--threshold", type=float, default=None, help="default commit threshold")
+    s.add_argument("--block-size", type=int, default=None)
+    s.add_argument("--kv-cache-memory", default=None, help="e.g. 2GiB")
+    s.add_argument("--num-pages", type=int, default=None)
+    s.add_argument("--max-running-requests", type=int, default=None)
+    s.add_argument("--max-num-batched-tokens", type=int, default=None)
+    s.add_argument("--max-queued-requests", type=int, default=None,
+                   help="in-flight requests beyond which new ones get 503")
+    s.add_argument("--max-model-len", type=int, default=None)
+    s.add_argument("--no-prefix-caching", action="store_true")
+    s.add_argument("--attention-backend", default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests get after SIGTERM")
+    s.add_argument("--in-process-engine", action="store_true",
+                   help="step the engine on a thread of the API process")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(handler=_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unmask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="auto")
     g.add_argument("--num-pages", type=int, default=None)
     g.set_defaults(handler=_generate)
+    _add_serve(sub)
     return parser
 
 

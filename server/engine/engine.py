@@ -188,12 +188,19 @@ class Engine:
         outputs = self.scheduler.update(batch, committed)
         return StepResult(outputs, self._stats(batch, t0))
 
+    def snapshot(self) -> StepStats:
+        """Gauges only (no step counters): the state after aborts between steps."""
+        return self._gauges(StepStats())
+
     def _stats(self, batch: Batch, t0: float) -> StepStats:
-        s = self.scheduler.stats
-        pool = self.kv.pool
+        s = self._gauges(self.scheduler.stats)
         s.num_seqs, s.num_tokens = len(batch.segments), batch.num_tokens
         s.num_logit_rows = len(batch.logit_segments)
+        s.step_time = time.perf_counter() - t0
+        return s
+
+    def _gauges(self, s: StepStats) -> StepStats:
+        pool = self.kv.pool
         s.num_running, s.num_waiting = len(self.scheduler.running), len(self.scheduler.waiting)
         s.pages_used, s.pages_cached, s.pages_total = pool.num_used, pool.num_cached, pool.num_pages
-        s.step_time = time.perf_counter() - t0
         return s

@@ -42,7 +42,7 @@ def _engine_main(cfg: EngineConfig, inbox: Connection, outbox: Connection) -> No
                 return
             out = _handle(engine, kind, payload)
             if out is not None:
-                outbox.send(("step", [out], None))
+                outbox.send(("step", [out], engine.snapshot()))
             wait = 0
         if engine.has_work():
             try:

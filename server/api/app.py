@@ -1,0 +1,223 @@
+"""The FastAPI application: routes, OpenAI-shaped errors, API key, request ids, health/ready,
+metrics, and the drain state the `serve` command flips on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.api.async_engine import AsyncEngine, EngineDeadError
+from server.api.errors import APIError
+from server.api.metrics import Metrics
+from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.api.responses import Shape, full_response, stream
+from server.api.serving import Choice, OpenAIServing
+from server.config import EngineConfig
+
+log = logging.getLogger("unmask.api")
+VERSION = "0.1.0"
+
+
+@dataclass
+class ServerSettings:
+    engine: EngineConfig
+    served_model_name: str
+    api_key: str | None = None
+    max_queued_requests: int | None = None  # waiting + running choices; beyond → 503
+    in_process_engine: bool = False
+
+
+class AppState:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.served_model_name)
+        self.engine = AsyncEngine(settings.engine, settings.in_process_engine,
+                                  self.metrics.on_step)
+        self.serving: OpenAIServing | None = None
+        self.draining = False
+
+    async def load(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(self.engine.start, loop)
+            from server.model.tokenizer import load_tokenizer
+
+            tok = await asyncio.to_thread(load_tokenizer, self.engine.info.model_dir)
+        except Exception:
+            log.exception("engine start-up failed")
+            return
+        self.serving = OpenAIServing(self.engine, tok, self.settings.served_model_name,
+                                     self.metrics)
+        i = self.engine.info
+        log.info("ready: model=%s arch=%s mode=%s device=%s dtype=%s block=%d pages=%d "
+                 "attention=%s acceptance=%s", i.model_dir, i.architecture, i.mode, i.device,
+                 i.dtype, i.block_size, i.num_pages, i.attention_backend, i.acceptance_backend)
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    state = AppState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(state.load())
+        yield
+        loader.cancel()
+        await asyncio.to_thread(state.engine.shutdown)
+
+    app = FastAPI(title="unmask", version=VERSION, lifespan=lifespan)
+    app.state.unmask = state
+    _install_errors(app)
+    _install_middleware(app, state)
+    _install_routes(app, state)
+    return app
+
+
+def _json_error(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, e: APIError) -> JSONResponse:
+        return _json_error(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(_: Request, e: RequestValidationError) -> JSONResponse:
+        errs = e.errors()
+        first = errs[0] if errs else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        msg = "; ".join(f"{'.'.join(str(x) for x in er.get('loc', ()) if x != 'body')}: "
+                        f"{er.get('msg')}" for er in errs[:5]) or "invalid request"
+        return _json_error(APIError(400, msg, param=".".join(loc) or None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return _json_error(APIError(e.status_code, str(e.detail)))
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _json_error(APIError(500, "internal server error"))
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _install_middleware(app: FastAPI, state: AppState) -> None:
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Handler) -> Response:
+        path = request.url.path
+        if path.startswith("/v1/"):
+            key = state.settings.api_key
+            if key is not None:
+                got = request.headers.get("authorization", "")
+                if not hmac.compare_digest(got.encode(), f"Bearer {key}".encode()):
+                    return _json_error(APIError(401, "Unauthorized", "AuthenticationError"))
+            if request.method == "POST":
+                ctype = request.headers.get("content-type", "")
+                if ctype.split(";")[0].strip().lower() != "application/json":
+                    return _json_error(APIError(400, "Content-Type must be application/json"))
+                if state.draining:
+                    return _json_error(APIError(503, "the server is shutting down",
+                                                headers={"Retry-After": "5"}))
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request.state.request_id
+        return response
+
+
+def _install_routes(app: FastAPI, state: AppState) -> None:
+    def serving() -> OpenAIServing:
+        if state.serving is None:
+            raise APIError(503, "the model is still loading", headers={"Retry-After": "5"})
+        return state.serving
+
+    @app.get("/health")
+    async def health() -> Response:
+        if state.engine.start_error or not state.engine.is_alive():
+            return JSONResponse({"status": "unhealthy"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        ok = state.serving is not None and state.engine.is_alive() and not state.draining
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": VERSION}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        info = state.engine.info
+        card: dict[str, Any] = {"id": state.settings.served_model_name, "object": "model",
+                                "created": 0, "owned_by": "unmask"}
+        if info is not None:
+            card["max_model_len"] = info.max_model_len
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, raw: Request) -> Response:
+        s = serving()
+        s.check_model(req.model)
+        pairs = s.completion_choices(req, raw.state.request_id)
+        shape = Shape(False, raw.state.request_id, s.model_name, req.return_token_ids)
+        return await _respond(state, s, raw, pairs, shape, req.n, req.stream,
+                              bool(req.stream_options and req.stream_options.include_usage),
+                              req.echo)
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatCompletionRequest, raw: Request) -> Response:
+        s = serving()
+        s.check_model(req.model)
+        pairs = s.chat_choices(req, raw.state.request_id)
+        shape = Shape(True, raw.state.request_id, s.model_name, req.return_token_ids)
+        return await _respond(state, s, raw, pairs, shape, req.n, req.stream,
+                              bool(req.stream_options and req.stream_options.include_usage))
+
+
+async def _respond(state: AppState, s: OpenAIServing, raw: Request, pairs: list,
+                   shape: Shape, n: int, streaming: bool, include_usage: bool,
+                   echo: bool = False) -> Response:
+    cap = state.settings.max_queued_requests
+    if cap is not None and state.engine.num_in_flight + len(pairs) > cap:
+        raise APIError(503, "The request queue is full.", headers={"Retry-After": "1"})
+    choices: list[Choice] = [c for c, _ in pairs]
+    events = s.events(pairs)
+    if streaming:
+        return StreamingResponse(stream(shape, choices, events, n, include_usage, echo),
+                                 media_type="text/event-stream")
+    task = asyncio.create_task(_drain(events))
+    while not task.done():  # a client that goes away aborts its requests
+        await asyncio.wait({task}, timeout=0.5)
+        if not task.done() and await raw.is_disconnected():
+            task.cancel()
+            return Response(status_code=499)
+    try:
+        task.result()
+    except EngineDeadError as e:
+        raise APIError(500, str(e)) from None
+    failed = next((c for c in choices if c.error is not None), None)
+    if failed is not None:
+        raise APIError(500, failed.error or "generation failed")
+    return JSONResponse(full_response(shape, choices, n, echo))
+
+
+async def _drain(events: AsyncIterator[Any]) -> None:
+    async for _ in events:
+        pass

@@ -1,0 +1,72 @@
+"""Run the app under uvicorn with graceful drain: on SIGTERM/SIGINT `/ready` turns 503 at once,
+new requests get 503, in-flight ones get up to `shutdown_timeout` seconds, the rest are aborted,
+then the server (and the engine process) exit cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from server.api.app import AppState, ServerSettings, create_app
+
+log = logging.getLogger("unmask.api")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: AppState, shutdown_timeout: float) -> None:
+        super().__init__(config)
+        self.state, self.shutdown_timeout = state, shutdown_timeout
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.state.draining:  # a second signal: stop now
+            self.force_exit = self.should_exit = True
+            return
+        log.info("signal %d: draining for up to %.0fs", sig, self.shutdown_timeout)
+        self.state.draining = True
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout
+        while self.state.engine.num_in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.state.engine.num_in_flight:
+            log.info("aborting %d requests still in flight", self.state.engine.num_in_flight)
+            self.state.engine.abort_all()
+            await asyncio.sleep(0.2)
+        self.should_exit = True
+
+
+def default_model_dir() -> Path:
+    """The embedded default: a tiny checkpoint generated deterministically on first use."""
+    root = Path(os.environ.get("UNMASK_CACHE", Path.home() / ".cache" / "unmask"))
+    path = root / "default-tiny-llada2"
+    if not (path / "config.json").exists():
+        from server.tiny import make_tiny_model
+
+        tmp = root / f".default-{os.getpid()}"
+        make_tiny_model(tmp, arch="llada2", seed=0, peaky=True)
+        tmp.rename(path) if not path.exists() else None
+    return path
+
+
+def serve(settings: ServerSettings, host: str, port: int, shutdown_timeout: float,
+          log_level: str = "info") -> None:
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=max(1, int(shutdown_timeout) + 5))
+    server = DrainingServer(config, app.state.unmask, shutdown_timeout)
+    server.run()
+    # uvicorn restores the default handlers; exit 0 after a drain rather than re-raising
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -1,0 +1,99 @@
+"""OpenAI response bodies and SSE streams for completions and chat completions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from server.api.errors import error_body
+from server.api.serving import Choice, Event, sse, usage
+
+DONE = "data: [DONE]\n\n"
+
+
+class Shape:
+    """What differs between /v1/completions and /v1/chat/completions."""
+
+    def __init__(self, chat: bool, rid: str, model: str, return_token_ids: bool) -> None:
+        self.chat, self.model, self.ids = chat, model, return_token_ids
+        self.id = f"chatcmpl-{rid}" if chat else f"cmpl-{rid}"
+        self.object = "chat.completion" if chat else "text_completion"
+        self.created = int(time.time())
+
+    def head(self, chunk: bool) -> dict[str, Any]:
+        obj = self.object + (".chunk" if chunk and self.chat else "")
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    def final_choice(self, c: Choice, echo: bool) -> dict[str, Any]:
+        if self.chat:
+            out: dict[str, Any] = {"index": c.index, "message": {"role": "assistant",
+                                                                "content": c.text},
+                                   "logprobs": None, "finish_reason": c.finish_reason}
+        else:
+            text = (c.prompt_text or "") + c.text if echo else c.text
+            out = {"index": c.index, "text": text, "logprobs": None,
+                   "finish_reason": c.finish_reason}
+            if self.ids:
+                out["prompt_token_ids"] = c.prompt_ids
+        if self.ids:
+            out["token_ids"] = c.token_ids
+        return out
+
+    def delta_choice(self, c: Choice, text: str | None, token_ids: list[int] | None,
+                     finish: str | None, role: bool = False) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else (
+                {} if text is None else {"content": text})
+            out: dict[str, Any] = {"index": c.index, "delta": delta, "logprobs": None,
+                                   "finish_reason": finish}
+        else:
+            out = {"index": c.index, "text": text or "", "logprobs": None,
+                   "finish_reason": finish}
+        if self.ids and token_ids is not None:
+            out["token_ids"] = token_ids
+        return out
+
+
+def full_response(shape: Shape, choices: list[Choice], n: int, echo: bool = False
+                  ) -> dict[str, Any]:
+    body = shape.head(chunk=False)
+    body["choices"] = [shape.final_choice(c, echo) for c in sorted(choices, key=lambda c:
+                                                                    c.index)]
+    body["usage"] = usage(choices, n)
+    if shape.chat and shape.ids and choices:
+        body["prompt_token_ids"] = choices[0].prompt_ids
+    return body
+
+
+async def stream(shape: Shape, choices: list[Choice], events: AsyncIterator[Event], n: int,
+                 include_usage: bool, echo: bool = False) -> AsyncIterator[str]:
+    """Role (chat) or echo (completions) chunks first, then a chunk whenever a choice's
+    committed prefix grows, one finish chunk per choice, usage if asked, then [DONE]."""
+    for c in sorted(choices, key=lambda c: c.index):
+        if shape.chat:
+            yield sse(shape.head(True) | {"choices": [shape.delta_choice(c, None, None, None,
+                                                                         role=True)]})
+        elif echo and c.prompt_text:
+            yield sse(shape.head(True) | {"choices": [shape.delta_choice(c, c.prompt_text,
+                                                                         None, None)]})
+    try:
+        async for ev in events:
+            c = ev.choice
+            if ev.text or (shape.ids and ev.token_ids):
+                yield sse(shape.head(True) | {"choices": [shape.delta_choice(
+                    c, ev.text, ev.token_ids, None)]})
+            if ev.finished:
+                if c.error is not None:
+                    yield sse(error_body(c.error, "InternalServerError", None, 500))
+                    yield DONE
+                    return
+                yield sse(shape.head(True) | {"choices": [shape.delta_choice(
+                    c, None if shape.chat else "", None, c.finish_reason)]})
+    except Exception as e:  # noqa: BLE001 - status is already 200: report in-stream
+        yield sse(error_body(f"{type(e).__name__}: {e}", "InternalServerError", None, 500))
+        yield DONE
+        return
+    if include_usage:
+        yield sse(shape.head(True) | {"choices": [], "usage": usage(choices, n)})
+    yield DONE

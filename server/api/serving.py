@@ -1,0 +1,208 @@
+"""Completions and chat completions: an OpenAI request → engine requests (one per prompt and
+choice) → a JSON response or an SSE stream that grows with every denoise step."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.api.async_engine import AsyncEngine
+from server.api.errors import APIError
+from server.api.metrics import Metrics
+from server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from server.core import EngineOutput, FinishReason, GenerateRequest, SamplingParams
+from server.engine.detokenizer import IncrementalDetokenizer
+from server.model.tokenizer import TokenizerInfo
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+_suffix = itertools.count()
+
+
+@dataclass
+class Choice:
+    """One engine request seen from the API process."""
+
+    index: int
+    rid: str
+    prompt_ids: list[int]
+    prompt_text: str | None
+    detok: IncrementalDetokenizer
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    error: str | None = None
+    start: float = field(default_factory=time.monotonic)
+    last: float | None = None
+
+
+@dataclass
+class Event:
+    choice: Choice
+    text: str
+    token_ids: list[int]
+    finished: bool
+
+
+class OpenAIServing:
+    def __init__(self, engine: AsyncEngine, tokenizer: TokenizerInfo, model_name: str,
+                 metrics: Metrics) -> None:
+        self.engine, self.tok = engine, tokenizer
+        self.model_name, self.metrics = model_name, metrics
+
+    # -- request → choices ----------------------------------------------------------------
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model_name:
+            raise APIError(404, f"The model `{name}` does not exist. Valid models: "
+                                f"{self.model_name}", "NotFoundError", "model",
+                           "model_not_found")
+
+    def _limits(self, prompt_len: int, requested: int | None, default: int | None,
+                param: str) -> int:
+        """max_tokens clamped to the room left (the final block must fit, as the engine
+        needs); a prompt with no room is a 400 in the wording LiteLLM recognises."""
+        info = self.engine.info
+        block = max(1, info.block_size)
+        limit = info.max_model_len // block * block
+        room = limit - prompt_len
+        if room < 1:
+            raise APIError(400, f"This model's maximum context length is {info.max_model_len} "
+                                f"tokens. However, your prompt contains {prompt_len} input "
+                                "tokens, which leaves no room to generate.", "BadRequestError",
+                           param, "context_length_exceeded")
+        return min(requested or default or room, room)
+
+    def _params(self, req: SamplingFields, max_tokens: int, index: int) -> SamplingParams:
+        seed = None if req.seed is None else req.seed + index
+        try:
+            return SamplingParams(
+                max_tokens=max_tokens, temperature=req.temperature or 0.0,
+                top_k=req.top_k or 0, top_p=req.top_p if req.top_p is not None else 1.0,
+                seed=seed, threshold=req.threshold, stop=req.stop_list(),
+                stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=req.ignore_eos)
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+
+    def _check_ids(self, ids: list[int], param: str) -> None:
+        vocab = self.engine.info.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} is outside the vocabulary [0, {vocab})",
+                           param=param)
+
+    def _choices(self, prompts: list[tuple[str | None, list[int]]], req: SamplingFields,
+                 max_tokens: int | None, default: int | None, request_id: str, param: str
+                 ) -> list[tuple[Choice, GenerateRequest]]:
+        out = []
+        for p_idx, (text, ids) in enumerate(prompts):
+            self._check_ids(ids, param)
+            limit = self._limits(len(ids), max_tokens, default, param)
+            for i in range(req.n):
+                index = p_idx * req.n + i
+                params = self._params(req, limit, i)
+                rid = f"{request_id}-{next(_suffix)}"
+                detok = IncrementalDetokenizer(self.tok, params.stop)
+                out.append((Choice(index, rid, ids, text, detok),
+                            GenerateRequest(rid, tuple(ids), params)))
+        return out
+
+    def completion_choices(self, req: CompletionRequest, request_id: str
+                           ) -> list[tuple[Choice, GenerateRequest]]:
+        p = req.prompt
+        if isinstance(p, str):
+            prompts = [(p, self.tok.encode(p))]
+        elif isinstance(p[0], str):
+            prompts = [(s, self.tok.encode(s)) for s in p]  # type: ignore[arg-type]
+        elif isinstance(p[0], int):
+            prompts = [(None, list(p))]  # type: ignore[arg-type]
+        else:
+            prompts = [(None, list(ids)) for ids in p]  # type: ignore[union-attr]
+        return self._choices(prompts, req, req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS,
+                             request_id, "prompt")
+
+    def chat_choices(self, req: ChatCompletionRequest, request_id: str
+                     ) -> list[tuple[Choice, GenerateRequest]]:
+        from server.api.chat import render_chat_prompt
+
+        ids = render_chat_prompt(self.tok, req.messages)
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        return self._choices([(None, ids)], req, max_tokens, None, request_id, "messages")
+
+    # -- running --------------------------------------------------------------------------
+    async def events(self, pairs: list[tuple[Choice, GenerateRequest]]
+                     ) -> AsyncIterator[Event]:
+        """Every choice's deltas as they come, merged. Leaving early aborts the rest."""
+        merged: asyncio.Queue[Event | None] = asyncio.Queue()
+
+        async def pump(choice: Choice, req: GenerateRequest) -> None:
+            try:
+                async for out in self.engine.generate(req):
+                    if self._absorb(choice, out, merged):
+                        return  # a stop string ended it: leaving aborts the engine request
+            finally:
+                merged.put_nowait(None)
+
+        for choice, _ in pairs:
+            self.metrics.prompt_tokens.labels(self.model_name).inc(len(choice.prompt_ids))
+        tasks = [asyncio.create_task(pump(c, r)) for c, r in pairs]
+        try:
+            done = 0
+            while done < len(tasks):
+                ev = await merged.get()
+                if ev is None:
+                    done += 1
+                else:
+                    yield ev
+            for t in tasks:
+                t.result()  # surface engine death
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    def _absorb(self, c: Choice, out: EngineOutput, q: asyncio.Queue[Event | None]) -> bool:
+        now = time.monotonic()
+        c.token_ids.extend(out.new_token_ids)
+        text = c.detok.feed(out.new_token_ids, final=out.finished)
+        c.text += text
+        stopped = c.detok.stopped is not None
+        finished = out.finished or stopped
+        if out.new_token_ids:
+            m = self.model_name
+            self.metrics.generation_tokens.labels(m).inc(len(out.new_token_ids))
+            if c.last is None:
+                self.metrics.ttft.labels(m).observe(now - c.start)
+            else:
+                self.metrics.itl.labels(m).observe(now - c.last)
+            c.last = now
+        if finished:
+            reason = out.finish_reason
+            c.finish_reason = "stop" if stopped else (reason.value if reason else "stop")
+            c.error = out.error if reason is FinishReason.ERROR else None
+            self._record_finish(c, out)
+        q.put_nowait(Event(c, text, out.new_token_ids, finished))
+        return stopped and not out.finished
+
+    def _record_finish(self, c: Choice, out: EngineOutput) -> None:
+        m = self.model_name
+        self.metrics.success.labels(m, c.finish_reason).inc()
+        self.metrics.e2e.labels(m).observe(time.monotonic() - c.start)
+        st = out.stats
+        if st is not None and st.first_scheduled_time is not None:
+            self.metrics.queue.labels(m).observe(max(0.0, st.first_scheduled_time
+                                                     - st.arrival_time))
+
+
+def usage(choices: list[Choice], n: int) -> dict[str, int]:
+    """Prompt tokens count once per prompt (not per choice), as vLLM does."""
+    prompt = sum(len(c.prompt_ids) for c in choices if c.index % n == 0)
+    completion = sum(len(c.token_ids) for c in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
