@@ -46,6 +46,7 @@ class AppState:
                                   self.metrics.on_step)
         self.serving: OpenAIServing | None = None
         self.draining = False
+        self.in_flight = 0  # engine requests of responses not yet complete
 
     async def load(self) -> None:
         loop = asyncio.get_running_loop()
@@ -195,13 +196,31 @@ async def _respond(state: AppState, s: OpenAIServing, raw: Request, pairs: list,
                    shape: Shape, n: int, streaming: bool, include_usage: bool,
                    echo: bool = False) -> Response:
     cap = state.settings.max_queued_requests
-    if cap is not None and state.engine.num_in_flight + len(pairs) > cap:
+    if cap is not None and state.in_flight + len(pairs) > cap:
         raise APIError(503, "The request queue is full.", headers={"Retry-After": "1"})
     choices: list[Choice] = [c for c, _ in pairs]
+    state.in_flight += len(pairs)
     events = s.events(pairs)
     if streaming:
-        return StreamingResponse(stream(shape, choices, events, n, include_usage, echo),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            _counted(state, len(pairs), stream(shape, choices, events, n, include_usage, echo)),
+            media_type="text/event-stream")
+    try:
+        return await _complete(raw, events, shape, choices, n, echo)
+    finally:
+        state.in_flight -= len(pairs)
+
+
+async def _counted(state: AppState, k: int, body: AsyncIterator[str]) -> AsyncIterator[str]:
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        state.in_flight -= k
+
+
+async def _complete(raw: Request, events: AsyncIterator[Any], shape: Shape,
+                    choices: list[Choice], n: int, echo: bool) -> Response:
     task = asyncio.create_task(_drain(events))
     while not task.done():  # a client that goes away aborts its requests
         await asyncio.wait({task}, timeout=0.5)

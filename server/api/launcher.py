@@ -39,7 +39,7 @@ class DrainingServer(uvicorn.Server):
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.shutdown_timeout
-        while self.state.engine.num_in_flight and loop.time() < deadline:
+        while self.state.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if self.state.engine.num_in_flight:
             log.info("aborting %d requests still in flight", self.state.engine.num_in_flight)
