@@ -7,7 +7,7 @@ import asyncio
 import hmac
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.async_engine import AsyncEngine, EngineDeadError
 from server.api.errors import APIError
@@ -79,7 +80,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="unmask", version=VERSION, lifespan=lifespan)
     app.state.unmask = state
     _install_errors(app)
-    _install_middleware(app, state)
+    app.add_middleware(Guard, state=state)
     _install_routes(app, state)
     return app
 
@@ -112,30 +113,48 @@ def _install_errors(app: FastAPI) -> None:
         return _json_error(APIError(500, "internal server error"))
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+class Guard:
+    """Pure ASGI middleware (keeps disconnect detection intact): API key, JSON content type,
+    503 while draining, and the request id (X-Request-Id in, echoed out)."""
 
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        self.app, self.state = app, state
 
-def _install_middleware(app: FastAPI, state: AppState) -> None:
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Handler) -> Response:
-        path = request.url.path
-        if path.startswith("/v1/"):
-            key = state.settings.api_key
-            if key is not None:
-                got = request.headers.get("authorization", "")
-                if not hmac.compare_digest(got.encode(), f"Bearer {key}".encode()):
-                    return _json_error(APIError(401, "Unauthorized", "AuthenticationError"))
-            if request.method == "POST":
-                ctype = request.headers.get("content-type", "")
-                if ctype.split(";")[0].strip().lower() != "application/json":
-                    return _json_error(APIError(400, "Content-Type must be application/json"))
-                if state.draining:
-                    return _json_error(APIError(503, "the server is shutting down",
-                                                headers={"Retry-After": "5"}))
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["X-Request-Id"] = request.state.request_id
-        return response
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        error = self._check(scope, headers)
+        if error is not None:
+            await _json_error(error)(scope, receive, send)
+            return
+        rid = headers.get("x-request-id") or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+    def _check(self, scope: Scope, headers: dict[str, str]) -> APIError | None:
+        if not scope["path"].startswith("/v1/"):
+            return None
+        key = self.state.settings.api_key
+        if key is not None and not hmac.compare_digest(
+                headers.get("authorization", "").encode(), f"Bearer {key}".encode()):
+            return APIError(401, "Unauthorized", "AuthenticationError")
+        if scope["method"] == "POST":
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                return APIError(400, "Content-Type must be application/json")
+            if self.state.draining:
+                return APIError(503, "the server is shutting down", headers={"Retry-After": "5"})
+        return None
 
 
 def _install_routes(app: FastAPI, state: AppState) -> None:
