@@ -64,6 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("UNMASK_API_KEY"),
         max_queued_requests=args.max_queued_requests,
         in_process_engine=args.in_process_engine,
+        max_body_bytes=args.max_body_bytes,
     )
     serve(settings, args.host, args.port, args.shutdown_timeout, args.log_level)
     return 0
@@ -95,6 +96,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="seconds in-flight requests get after SIGTERM")
     s.add_argument("--in-process-engine", action="store_true",
                    help="step the engine on a thread of the API process")
+    s.add_argument("--max-body-bytes", type=int, default=16 << 20)
     s.add_argument("--log-level", default="info")
     s.set_defaults(handler=_serve)
 

@@ -37,6 +37,7 @@ class ServerSettings:
     api_key: str | None = None
     max_queued_requests: int | None = None  # waiting + running choices; beyond → 503
     in_process_engine: bool = False
+    max_body_bytes: int = 16 << 20  # larger request bodies get 413
 
 
 class AppState:
@@ -132,6 +133,7 @@ class Guard:
             return
         rid = headers.get("x-request-id") or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
+        receive = self._limited(receive)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -141,7 +143,27 @@ class Guard:
 
         await self.app(scope, receive, send_with_id)
 
+    def _limited(self, receive: Receive) -> Receive:
+        """A body that grows past the limit (chunked uploads included) ends in a 413."""
+        seen = 0
+        limit = self.state.settings.max_body_bytes
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise APIError(413, f"request body larger than {limit} bytes")
+            return message
+
+        return counted
+
     def _check(self, scope: Scope, headers: dict[str, str]) -> APIError | None:
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.state.settings.max_body_bytes:
+            return APIError(413, f"request body larger than "
+                                 f"{self.state.settings.max_body_bytes} bytes")
         if not scope["path"].startswith("/v1/"):
             return None
         key = self.state.settings.api_key

@@ -198,3 +198,29 @@ def test_full_queue_gets_503_with_retry_after(server: RemoteServer) -> None:
 
     codes = asyncio.run(go())
     assert 503 in codes and 200 in codes and set(codes) <= {200, 503}
+
+
+def test_metrics_request_ids_and_body_limit(server: RemoteServer) -> None:
+    h = {"Authorization": f"Bearer {API_KEY}"}
+    r = httpx.post(server.url + "/v1/completions", headers=h | {"X-Request-Id": "trace-42"},
+                   json={"prompt": "hello", "max_tokens": 33})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "trace-42"
+    assert r.json()["id"] == "cmpl-trace-42"
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("unmask:num_requests_waiting", "unmask:num_requests_running",
+                 "unmask:kv_cache_usage_perc", "unmask:prompt_tokens_total",
+                 "unmask:generation_tokens_total", "unmask:request_success_total",
+                 "unmask:num_preemptions_total", "unmask:prefix_cache_queries_total",
+                 "unmask:prefix_cache_hits_total", "unmask:denoise_steps_total",
+                 "unmask:time_to_first_token_seconds_bucket",
+                 "unmask:inter_token_latency_seconds_bucket",
+                 "unmask:e2e_request_latency_seconds_bucket",
+                 "unmask:request_queue_time_seconds_bucket",
+                 "unmask:tokens_per_forward_bucket", "unmask:steps_per_block_bucket"):
+        assert name in text, name
+    assert server.metric("unmask:generation_tokens_total") >= 33
+    assert server.metric('unmask:request_success_total') >= 1
+    assert server.metric("unmask:steps_per_block_count") >= 1
+    big = httpx.post(server.url + "/v1/completions", headers=h,
+                     json={"prompt": "x" * (17 << 20), "max_tokens": 1})
+    assert big.status_code == 413 and big.json()["error"]["code"] == 413
