@@ -41,6 +41,7 @@ class EngineConfig:
     seed: int = 0  # engine sampler seed for requests without their own
     max_model_len: int | None = None  # None → max_position_embeddings
     attention_backend: str = "auto"
+    cpu_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

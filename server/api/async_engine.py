@@ -5,7 +5,9 @@ back on its own queue. A consumer that stops listening (client gone) aborts its 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -102,7 +104,10 @@ class AsyncEngine:
             else:
                 from server.engine.process import EngineProcess
 
-                self.backend = EngineProcess(self.cfg, self._on_step)
+                cfg = self.cfg
+                if cfg.cpu_threads is None:  # leave a core to this (API) process
+                    cfg = dataclasses.replace(cfg, cpu_threads=max(1, (os.cpu_count() or 1) - 1))
+                self.backend = EngineProcess(cfg, self._on_step)
             self.info = self.backend.info
         except Exception as e:
             self.start_error = f"{type(e).__name__}: {e}"

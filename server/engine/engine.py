@@ -71,6 +71,8 @@ class Engine:
         mcfg = ModelConfig.from_file(model_dir / "config.json")
         specials = read_special_ids(model_dir)
         device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+        if device.type == "cpu" and cfg.cpu_threads:
+            torch.set_num_threads(cfg.cpu_threads)
         self.max_model_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
                                  mcfg.max_position_embeddings)
         self.mode: DecodeMode
