@@ -22,12 +22,10 @@ lint: install
 test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The HTTP server lands with the API issue; until then `make serve` runs the offline engine on
-# the default tiny checkpoint so a fresh machine shows it working end to end.
-DEFAULT_MODEL ?= $(HOME)/.cache/unmask/tiny-llada2
+# With no MODEL, `unmask serve` serves the embedded default (a tiny checkpoint generated
+# deterministically into ~/.cache/unmask on first run).
 serve: install
-	test -f $(DEFAULT_MODEL)/config.json || $(BIN)/unmask make-tiny-model $(DEFAULT_MODEL) --peaky
-	$(BIN)/unmask generate $(DEFAULT_MODEL) --chat "Write a Python function that adds two numbers."
+	$(BIN)/unmask serve $(MODEL) $(ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/engine_cpu.py
