@@ -57,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
         num_pages=args.num_pages, max_running_requests=args.max_running_requests,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         prefix_caching=not args.no_prefix_caching, attention_backend=args.attention_backend,
-        seed=args.seed).items() if v is not None}
+        seed=args.seed, cpu_threads=args.cpu_threads).items() if v is not None}
     settings = ServerSettings(
         engine=engine_config(model, **options),
         served_model_name=args.served_model_name or Path(model).name,
@@ -92,6 +92,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-prefix-caching", action="store_true")
     s.add_argument("--attention-backend", default=None)
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch threads of the engine on CPU (default: cores - 1)")
     s.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get after SIGTERM")
     s.add_argument("--in-process-engine", action="store_true",
