@@ -5,6 +5,12 @@
 Offline: every request handed to one in-process `Engine` (max_running = concurrency).
 HTTP: a real server subprocess (engine in its own process) and `concurrency` streaming
 clients (httpx) keeping it full. Both report output tokens per second over the whole run.
+
+On CPU the engine process runs torch on `cores - 1` threads and leaves a core to the API
+process, so the offline engine is also timed at that thread count (`offline_same_threads`):
+HTTP / that figure isolates what the HTTP layer itself costs. The CPU seconds of the API
+process, the engine process and the load generator during the timed run are reported too;
+`engine_busy` (engine CPU seconds / wall seconds) near 1 means the engine, not HTTP, is the limit.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -66,27 +74,63 @@ async def http(url: str, prompts: list[list[int]], out: int, c: int) -> float:
         return tokens / (time.perf_counter() - t0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of one process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--output", type=int, default=64)
+    ap.add_argument("--cpu-threads", type=int, default=None,
+                    help="the server's engine threads (default: its own, cores - 1)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = make_tiny_model(Path(tmp) / "m", arch="llada2", seed=0)
         prompts = [make_prompt(model, args.prompt, seed=i) for i in range(args.requests)]
         off = offline(model, prompts, args.output, args.concurrency)
+        default_threads = torch.get_num_threads()
+        engine_threads = args.cpu_threads or max(1, (os.cpu_count() or 1) - 1)
+        torch.set_num_threads(engine_threads)
+        off_same = offline(model, prompts, args.output, args.concurrency)
+        torch.set_num_threads(default_threads)
         srv = RemoteServer(model, "--num-pages", "4096", "--max-running-requests",
-                           str(args.concurrency))
+                           str(args.concurrency), "--cpu-threads", str(engine_threads))
         try:
             asyncio.run(http(srv.url, prompts[:8], args.output, 8))  # warm-up
+            pids = {"api": srv.proc.pid, "engine": max(children(srv.proc.pid))}
+            cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+            t0, client0 = time.perf_counter(), time.process_time()
             web = asyncio.run(http(srv.url, prompts, args.output, args.concurrency))
+            wall = time.perf_counter() - t0
+            cpu = {k: round(cpu_seconds(p) - cpu0[k], 2) for k, p in pids.items()}
+            cpu["load_generator"] = round(time.process_time() - client0, 2)
         finally:
             srv.stop()
     print(json.dumps({"date": time.strftime("%Y-%m-%d"), **vars(args),
-                      "offline_tok_s": off, "http_tok_s": web, "ratio": web / off}, indent=2))
-    print(f"offline {off:.1f} tok/s, HTTP {web:.1f} tok/s → HTTP/offline = {web / off:.2f}")
+                      "cores": os.cpu_count(), "engine_threads": engine_threads,
+                      "offline_tok_s": off, "offline_same_threads_tok_s": off_same,
+                      "http_tok_s": web, "http_wall_s": wall, "cpu_s": cpu,
+                      "engine_busy": cpu["engine"] / wall,
+                      "ratio": web / off, "ratio_same_threads": web / off_same}, indent=2))
+    print(f"offline {off:.1f} tok/s ({default_threads} threads), "
+          f"{off_same:.1f} tok/s ({engine_threads}); HTTP {web:.1f} tok/s → "
+          f"HTTP/offline = {web / off:.2f}, at equal engine threads {web / off_same:.2f}")
 
 
 if __name__ == "__main__":
