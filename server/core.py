@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from server.grammar.matcher import GrammarState
+
 DEFAULT_THRESHOLD = 0.95
 
 
@@ -90,6 +92,20 @@ def new_request_id() -> str:
     return f"req-{next(_rid_counter)}"
 
 
+class GrammarKind(enum.StrEnum):
+    JSON_OBJECT = "json_object"  # any JSON object
+    JSON_SCHEMA = "json_schema"  # spec: the schema as JSON text
+    STRUCTURAL_TAG = "structural_tag"  # spec: an xgrammar structural tag as JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class GrammarSpec:
+    """A constraint on a request's output; hashable, so compiled grammars are cached by it."""
+
+    kind: GrammarKind
+    spec: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class GenerateRequest:
     """What the API hands the engine: already tokenized."""
@@ -98,6 +114,7 @@ class GenerateRequest:
     prompt_ids: tuple[int, ...]
     params: SamplingParams
     arrival_time: float = field(default_factory=time.monotonic)
+    grammar: GrammarSpec | None = None
 
 
 @dataclass(slots=True)
@@ -134,6 +151,7 @@ class Sequence:
     num_emitted: int = 0  # output ids already reported in an EngineOutput
     block_steps: int = 0  # forwards spent on the current block
     generator: torch.Generator | None = None  # per-request sampler state (seeded requests)
+    grammar: GrammarState | None = None  # set when the compiled grammar is ready
     finish_reason: FinishReason | None = None
     error: str | None = None
     stats: RequestStats = field(default_factory=RequestStats)
@@ -211,6 +229,7 @@ class EngineOutput:
     finish_reason: FinishReason | None = None
     error: str | None = None
     stats: RequestStats | None = None  # set when finished
+    bad_request: bool = False  # the error is the request's fault (the API answers 400)
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from server.core import (
     StepStats,
 )
 from server.engine.modes import Autoregressive, BlockDiffusion, DecodeMode
+from server.grammar.waiting import GrammarWaitingRoom
 from server.kv_cache.manager import KVManager
 from server.kv_cache.page_pool import PagePool
 from server.model.config import ModelConfig
@@ -97,6 +98,7 @@ class Engine:
         self.runner = ModelRunner(model, kv, backend, self.mode.attn_block, device)
         self.kv = KVManager(PagePool(num_pages), self.mode.page_size, cfg.cache.prefix_caching)
         self.scheduler = Scheduler(cfg.scheduler, self.kv, self.mode, specials.eos_ids)
+        self.grammars = GrammarWaitingRoom(model_dir, mcfg.vocab_size, specials.eos_ids)
         self.vocab_size = mcfg.vocab_size
         self.device = device
         self._rng = random.Random(cfg.seed)
@@ -132,6 +134,8 @@ class Engine:
     def add_request(self, req: GenerateRequest) -> None:
         """Validate and queue; ValueError (nothing queued) if the request cannot be served."""
         P, p = len(req.prompt_ids), req.params
+        if req.rid in self.scheduler.live or req.rid in self.grammars:
+            raise ValueError(f"duplicate request id {req.rid!r}")
         if P == 0:
             raise ValueError("the prompt is empty")
         bad = next((t for t in req.prompt_ids if not 0 <= t < self.vocab_size), None)
@@ -153,7 +157,10 @@ class Engine:
         if not p.greedy:
             seed = p.seed if p.seed is not None else self._rng.randrange(1 << 62)
             seq.generator = torch.Generator(self.device).manual_seed(seed)
-        self.scheduler.add(seq)
+        if req.grammar is not None:
+            self.grammars.add(seq, req.grammar)  # scheduled once its grammar is compiled
+        else:
+            self.scheduler.add(seq)
 
     def positions_needed(self, prompt_len: int, max_tokens: int) -> int:
         """Positions a request occupies: diffusion always ends on a full block."""
@@ -165,15 +172,16 @@ class Engine:
         return "" if need == P + n else f", rounded up to whole {self.info.block_size}-token blocks"
 
     def abort(self, rid: str) -> EngineOutput | None:
-        return self.scheduler.abort(rid)
+        return self.grammars.abort(rid) or self.scheduler.abort(rid)
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or len(self.grammars) > 0
 
     def fail_all(self, error: str) -> list[EngineOutput]:
         """Finish every live request with `error` (after an unexpected failure in a step)."""
-        rids = list(self.scheduler.live)
-        outs = [self.scheduler.abort(rid, FinishReason.ERROR, error) for rid in rids]
+        outs = [self.grammars.abort(rid, FinishReason.ERROR, error) for rid in self.grammars.rids()]
+        outs += [self.scheduler.abort(rid, FinishReason.ERROR, error)
+                 for rid in list(self.scheduler.live)]
         return [o for o in outs if o is not None]
 
     # -- the step -------------------------------------------------------------------------
@@ -181,14 +189,24 @@ class Engine:
     def step(self) -> StepResult:
         t0 = time.perf_counter()
         self.scheduler.stats = StepStats()
+        failed = self._admit_grammars()
         batch = self.scheduler.schedule()
         committed: list[int] = []
         if batch.segments:
             logits = self.runner.forward(batch)
             if batch.logit_segments:
                 committed = self.mode.accept(batch.logit_segments, logits)
-        outputs = self.scheduler.update(batch, committed)
+        outputs = failed + self.scheduler.update(batch, committed)
         return StepResult(outputs, self._stats(batch, t0))
+
+    def _admit_grammars(self) -> list[EngineOutput]:
+        """Queue requests whose grammar is ready; when nothing else can run, wait a little."""
+        if len(self.grammars) and not self.scheduler.has_work():
+            self.grammars.wait(timeout=0.02)
+        seqs, failed = self.grammars.ready()
+        for seq in seqs:
+            self.scheduler.add(seq)
+        return failed
 
     def snapshot(self) -> StepStats:
         """Gauges only (no step counters): the state after aborts between steps."""
@@ -203,6 +221,7 @@ class Engine:
 
     def _gauges(self, s: StepStats) -> StepStats:
         pool = self.kv.pool
-        s.num_running, s.num_waiting = len(self.scheduler.running), len(self.scheduler.waiting)
+        s.num_running = len(self.scheduler.running)
+        s.num_waiting = len(self.scheduler.waiting) + len(self.grammars)
         s.pages_used, s.pages_cached, s.pages_total = pool.num_used, pool.num_cached, pool.num_pages
         return s

@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 
 from server.core import GenerateRequest, Segment, Sequence
+from server.grammar.accept import RowSampling, accept_in_order
 from unmask_kernels import SamplingBatch, accept_blocks
 
 
@@ -37,6 +38,11 @@ class DecodeMode(Protocol):
     def advance(self, seq: Sequence) -> bool:
         """Called after a step when the sequence goes on; True if a block was completed."""
         ...
+
+
+def _row_sampling(seq: Sequence) -> RowSampling | None:
+    p = seq.params
+    return None if p.greedy else RowSampling(p.temperature, p.top_k, p.top_p, seq.generator)
 
 
 def _sampling(seqs: list[Sequence]) -> SamplingBatch | None:
@@ -78,14 +84,30 @@ class BlockDiffusion:
     def accept(self, segments: list[Segment], logits: torch.Tensor) -> list[int]:
         seqs = [s.seq for s in segments]
         S, B = len(seqs), self.block_size
+        logits = logits.view(S, B, -1)
+        free = [i for i, s in enumerate(seqs) if s.grammar is None]
+        if len(free) == S:  # no grammar in this step: the batched rule, untouched
+            return self._accept_free(seqs, logits)
+        counts = [0] * S
+        if free:
+            rows = torch.tensor(free, device=logits.device)
+            for i, n in zip(free, self._accept_free([seqs[i] for i in free], logits[rows]),
+                            strict=True):
+                counts[i] = n
+        for i, seq in enumerate(seqs):
+            if seq.grammar is not None:
+                counts[i] = self._accept_constrained(seq, logits[i])
+        return counts
+
+    def _accept_free(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+        """logits [S, B, V]: confidence-threshold acceptance anywhere in each block."""
         dev = logits.device
         blocks = torch.tensor([s.block for s in seqs], dtype=torch.long, device=dev)  # [S, B]
         undecided = torch.tensor([self.undecided(s) for s in seqs], device=dev)  # [S, B]
-        thr = [self.threshold if s.params.threshold is None else s.params.threshold
-               for s in seqs]
         committed = accept_blocks(
-            logits.view(S, B, -1), blocks, undecided,
-            threshold=torch.tensor(thr, dtype=torch.float32, device=dev),
+            logits, blocks, undecided,
+            threshold=torch.tensor([self._threshold(s) for s in seqs], dtype=torch.float32,
+                                   device=dev),
             min_commit=torch.tensor([s.params.min_commit for s in seqs], device=dev),
             mask_id=self.mask_id, sampling=_sampling(seqs),
         )
@@ -93,6 +115,25 @@ class BlockDiffusion:
         for seq, ids in zip(seqs, blocks.tolist(), strict=True):
             seq.block = ids
         return counts
+
+    def _accept_constrained(self, seq: Sequence, logits: torch.Tensor) -> int:
+        """logits [B, V]: in-order acceptance at the frontier under the sequence's grammar."""
+        assert seq.block is not None and seq.grammar is not None
+        undecided = self.undecided(seq)
+        if True not in undecided:
+            return 0
+        first = undecided.index(True)  # constrained blocks commit left to right: a suffix
+        logits[:, self.mask_id] = -torch.inf
+        p = seq.params
+        n = accept_in_order(logits[first:], seq.block, first, seq.grammar,
+                            self._threshold(seq), p.min_commit, _row_sampling(seq))
+        if seq.grammar.terminated:
+            seq.grammar = None  # complete: anything after its stop token is unconstrained
+        return n
+
+    def _threshold(self, seq: Sequence) -> float:
+        t = seq.params.threshold
+        return self.threshold if t is None else t
 
     def output_ids(self, seq: Sequence) -> list[int]:
         assert seq.block is not None
@@ -137,13 +178,19 @@ class Autoregressive:
         seqs = [s.seq for s in segments]
         sampling = _sampling(seqs)
         tokens = logits.argmax(-1)  # [S]
-        if sampling is not None:
-            from unmask_kernels.acceptance.ref import sample_rows
+        for i, s in enumerate(seqs):
+            if s.grammar is not None:  # one grammatical token (AR is in order by nature)
+                ids = [0]
+                accept_in_order(logits[i : i + 1], ids, 0, s.grammar, threshold=1.0,
+                                min_commit=1, sampling=_row_sampling(s))
+                tokens[i] = ids[0]
+                if s.grammar.terminated:
+                    s.grammar = None
+            elif sampling is not None and not s.params.greedy:
+                from unmask_kernels.acceptance.ref import sample_rows
 
-            for i, s in enumerate(seqs):
-                if not s.params.greedy:
-                    tokens[i] = sample_rows(logits[i : i + 1], s.params.temperature,
-                                            s.params.top_k, s.params.top_p, s.generator)[0][0]
+                tokens[i] = sample_rows(logits[i : i + 1], s.params.temperature,
+                                        s.params.top_k, s.params.top_p, s.generator)[0][0]
         for seq, t in zip(seqs, tokens.tolist(), strict=True):
             seq.tokens.append(t)
         return [1] * len(seqs)
