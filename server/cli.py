@@ -46,8 +46,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from server.api.app import ServerSettings
     from server.api.launcher import default_model_dir, serve
+    from server.api.tools import PARSERS
     from server.engine.llm import engine_config
 
+    if args.tool_call_parser not in (*PARSERS, "auto", "none"):
+        print(f"unknown --tool-call-parser {args.tool_call_parser!r}; choose auto, none, "
+              f"{', '.join(PARSERS)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = args.model or str(default_model_dir())
@@ -65,6 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queued_requests=args.max_queued_requests,
         in_process_engine=args.in_process_engine,
         max_body_bytes=args.max_body_bytes,
+        tool_call_parser=args.tool_call_parser,
     )
     serve(settings, args.host, args.port, args.shutdown_timeout, args.log_level)
     return 0
@@ -92,6 +98,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-prefix-caching", action="store_true")
     s.add_argument("--attention-backend", default=None)
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--tool-call-parser", default="auto",
+                   help="tool-call format: auto (from the chat template), none, hermes, "
+                        "llada2, ling")
     s.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads of the engine on CPU (default: cores - 1)")
     s.add_argument("--shutdown-timeout", type=float, default=30.0,

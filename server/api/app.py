@@ -38,6 +38,7 @@ class ServerSettings:
     max_queued_requests: int | None = None  # waiting + running choices; beyond → 503
     in_process_engine: bool = False
     max_body_bytes: int = 16 << 20  # larger request bodies get 413
+    tool_call_parser: str = "auto"  # a name in server.api.tools.PARSERS, "auto" or "none"
 
 
 class AppState:
@@ -60,12 +61,16 @@ class AppState:
         except Exception:
             log.exception("engine start-up failed")
             return
+        from server.api.tools import get_tool_parser
+
+        parser = get_tool_parser(self.settings.tool_call_parser, tok.hf.chat_template)
         self.serving = OpenAIServing(self.engine, tok, self.settings.served_model_name,
-                                     self.metrics)
+                                     self.metrics, parser)
         i = self.engine.info
         log.info("ready: model=%s arch=%s mode=%s device=%s dtype=%s block=%d pages=%d "
-                 "attention=%s acceptance=%s", i.model_dir, i.architecture, i.mode, i.device,
-                 i.dtype, i.block_size, i.num_pages, i.attention_backend, i.acceptance_backend)
+                 "attention=%s acceptance=%s tool_parser=%s", i.model_dir, i.architecture,
+                 i.mode, i.device, i.dtype, i.block_size, i.num_pages, i.attention_backend,
+                 i.acceptance_backend, type(parser).__name__ if parser else None)
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -274,7 +279,7 @@ async def _complete(raw: Request, events: AsyncIterator[Any], shape: Shape,
         raise APIError(500, str(e)) from None
     failed = next((c for c in choices if c.error is not None), None)
     if failed is not None:
-        raise APIError(500, failed.error or "generation failed")
+        raise APIError(400 if failed.bad_request else 500, failed.error or "generation failed")
     return JSONResponse(full_response(shape, choices, n, echo))
 
 

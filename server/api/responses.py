@@ -27,9 +27,12 @@ class Shape:
 
     def final_choice(self, c: Choice, echo: bool) -> dict[str, Any]:
         if self.chat:
-            out: dict[str, Any] = {"index": c.index, "message": {"role": "assistant",
-                                                                "content": c.text},
-                                   "logprobs": None, "finish_reason": c.finish_reason}
+            parsed = c.parsed()
+            message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+            if parsed.calls:
+                message["tool_calls"] = [call.to_openai() for call in parsed.calls]
+            out: dict[str, Any] = {"index": c.index, "message": message, "logprobs": None,
+                                   "finish_reason": c.chat_finish_reason(bool(parsed.calls))}
         else:
             text = (c.prompt_text or "") + c.text if echo else c.text
             out = {"index": c.index, "text": text, "logprobs": None,
@@ -80,16 +83,28 @@ async def stream(shape: Shape, choices: list[Choice], events: AsyncIterator[Even
     try:
         async for ev in events:
             c = ev.choice
-            if ev.text or (shape.ids and ev.token_ids):
+            text, calls = ev.text, []
+            if c.tool_stream is not None:
+                text, calls = c.tool_stream.feed(ev.text, final=ev.finished)
+            if text or (shape.ids and ev.token_ids):
                 yield sse(shape.head(True) | {"choices": [shape.delta_choice(
-                    c, ev.text, ev.token_ids, None)]})
+                    c, text, ev.token_ids, None)]})
+            if calls:
+                yield sse(shape.head(True) | {"choices": [{
+                    "index": c.index, "delta": {"tool_calls": [d.to_openai() for d in calls]},
+                    "logprobs": None, "finish_reason": None}]})
             if ev.finished:
                 if c.error is not None:
-                    yield sse(error_body(c.error, "InternalServerError", None, 500))
+                    status, kind = ((400, "BadRequestError") if c.bad_request
+                                    else (500, "InternalServerError"))
+                    yield sse(error_body(c.error, kind, None, status))
                     yield DONE
                     return
+                reason = c.finish_reason
+                if c.tool_stream is not None:
+                    reason = c.chat_finish_reason(c.tool_stream.num_calls > 0)
                 yield sse(shape.head(True) | {"choices": [shape.delta_choice(
-                    c, None if shape.chat else "", None, c.finish_reason)]})
+                    c, None if shape.chat else "", None, reason)]})
     except Exception as e:  # noqa: BLE001 - status is already 200: report in-stream
         yield sse(error_body(f"{type(e).__name__}: {e}", "InternalServerError", None, 500))
         yield DONE

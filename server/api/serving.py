@@ -14,8 +14,23 @@ from typing import Any
 from server.api.async_engine import AsyncEngine
 from server.api.errors import APIError
 from server.api.metrics import Metrics
-from server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
-from server.core import EngineOutput, FinishReason, GenerateRequest, SamplingParams
+from server.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    NamedToolChoice,
+    SamplingFields,
+    Tool,
+)
+from server.api.tools import ParsedOutput, ToolParser
+from server.api.tools.base import ToolStream
+from server.core import (
+    EngineOutput,
+    FinishReason,
+    GenerateRequest,
+    GrammarKind,
+    GrammarSpec,
+    SamplingParams,
+)
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.model.tokenizer import TokenizerInfo
 
@@ -36,8 +51,22 @@ class Choice:
     text: str = ""
     finish_reason: str | None = None
     error: str | None = None
+    bad_request: bool = False  # the engine refused the request (e.g. its grammar)
     start: float = field(default_factory=time.monotonic)
     last: float | None = None
+    parser: ToolParser | None = None  # set when tool calls are parsed from this choice
+    tool_stream: ToolStream | None = None
+    forced_tool: bool = False  # tool_choice named a function: finish_reason stays "stop"
+
+    def parsed(self) -> ParsedOutput:
+        if self.parser is None:
+            return ParsedOutput(self.text, [])
+        return self.parser.parse(self.text)
+
+    def chat_finish_reason(self, made_calls: bool) -> str | None:
+        if made_calls and self.finish_reason == "stop" and not self.forced_tool:
+            return "tool_calls"
+        return self.finish_reason
 
 
 @dataclass
@@ -50,9 +79,10 @@ class Event:
 
 class OpenAIServing:
     def __init__(self, engine: AsyncEngine, tokenizer: TokenizerInfo, model_name: str,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, tool_parser: ToolParser | None = None) -> None:
         self.engine, self.tok = engine, tokenizer
         self.model_name, self.metrics = model_name, metrics
+        self.tool_parser = tool_parser
 
     # -- request → choices ----------------------------------------------------------------
     def check_model(self, name: str | None) -> None:
@@ -95,7 +125,8 @@ class OpenAIServing:
                            param=param)
 
     def _choices(self, prompts: list[tuple[str | None, list[int]]], req: SamplingFields,
-                 max_tokens: int | None, default: int | None, request_id: str, param: str
+                 max_tokens: int | None, default: int | None, request_id: str, param: str,
+                 grammar: GrammarSpec | None = None, parser: ToolParser | None = None
                  ) -> list[tuple[Choice, GenerateRequest]]:
         out = []
         for p_idx, (text, ids) in enumerate(prompts):
@@ -105,9 +136,11 @@ class OpenAIServing:
                 index = p_idx * req.n + i
                 params = self._params(req, limit, i)
                 rid = f"{request_id}-{next(_suffix)}"
-                detok = IncrementalDetokenizer(self.tok, params.stop)
-                out.append((Choice(index, rid, ids, text, detok),
-                            GenerateRequest(rid, tuple(ids), params)))
+                decoder = self.tok.keeping(parser.keep_tokens) if parser else self.tok
+                detok = IncrementalDetokenizer(decoder, params.stop)
+                choice = Choice(index, rid, ids, text, detok, parser=parser,
+                                tool_stream=parser.stream() if parser else None)
+                out.append((choice, GenerateRequest(rid, tuple(ids), params, grammar=grammar)))
         return out
 
     def completion_choices(self, req: CompletionRequest, request_id: str
@@ -128,9 +161,43 @@ class OpenAIServing:
                      ) -> list[tuple[Choice, GenerateRequest]]:
         from server.api.chat import render_chat_prompt
 
-        ids = render_chat_prompt(self.tok, req.messages)
+        choice = req.effective_tool_choice
+        tools = req.tools if choice != "none" else None
+        if tools and self.tool_parser is None:
+            raise APIError(400, "this model has no tool-call parser; start the server with "
+                                "--tool-call-parser", param="tools")
+        for t in tools or []:
+            if t.function.parameters is not None:
+                _check_schema(t.function.parameters, "tools")
+        ids = render_chat_prompt(self.tok, req.messages, tools)
         max_tokens = req.max_completion_tokens or req.max_tokens
-        return self._choices([(None, ids)], req, max_tokens, None, request_id, "messages")
+        pairs = self._choices([(None, ids)], req, max_tokens, None, request_id, "messages",
+                              self._grammar(req, choice, tools or []),
+                              self.tool_parser if tools else None)
+        for c, _ in pairs:
+            c.forced_tool = isinstance(choice, NamedToolChoice)
+        return pairs
+
+    def _grammar(self, req: ChatCompletionRequest, choice: str | NamedToolChoice,
+                 tools: list[Tool]) -> GrammarSpec | None:
+        fmt = req.response_format
+        if fmt is not None and fmt.type == "json_object":
+            return GrammarSpec(GrammarKind.JSON_OBJECT)
+        if fmt is not None and fmt.type == "json_schema":
+            assert fmt.json_schema is not None
+            schema = fmt.json_schema.json_schema
+            _check_schema(schema, "response_format")
+            return GrammarSpec(GrammarKind.JSON_SCHEMA, json.dumps(schema))
+        if choice == "required" or isinstance(choice, NamedToolChoice):
+            assert self.tool_parser is not None
+            named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+            chosen = [t.model_dump(exclude_none=True) for t in tools
+                      if named is None or t.function.name == named]
+            tag = self.tool_parser.structural_tag(
+                chosen, parallel=named is None and req.parallel_tool_calls,
+                special_tokens=self.tok.special_tokens)
+            return GrammarSpec(GrammarKind.STRUCTURAL_TAG, json.dumps(tag))
+        return None
 
     # -- running --------------------------------------------------------------------------
     async def events(self, pairs: list[tuple[Choice, GenerateRequest]]
@@ -182,6 +249,7 @@ class OpenAIServing:
             reason = out.finish_reason
             c.finish_reason = "stop" if stopped else (reason.value if reason else "stop")
             c.error = out.error if reason is FinishReason.ERROR else None
+            c.bad_request = out.bad_request
             self._record_finish(c, out)
         q.put_nowait(Event(c, text, out.new_token_ids, finished))
         return stopped and not out.finished
@@ -194,6 +262,15 @@ class OpenAIServing:
         if st is not None and st.first_scheduled_time is not None:
             self.metrics.queue.labels(m).observe(max(0.0, st.first_scheduled_time
                                                      - st.arrival_time))
+
+
+def _check_schema(schema: object, param: str) -> None:
+    from server.grammar.compiler import GrammarError, check_schema
+
+    try:
+        check_schema(schema)
+    except GrammarError as e:
+        raise APIError(400, str(e), param=param) from None
 
 
 def usage(choices: list[Choice], n: int) -> dict[str, int]:

@@ -32,6 +32,19 @@ def schema_ebnf(schema: Any) -> str:
     return ebnf.replace(_LOOSE_CHAR, _STRICT_CHAR)
 
 
+def check_schema(schema: Any) -> None:
+    """GrammarError unless `schema` is a JSON schema that xgrammar can enforce (no tokenizer
+    needed: cheap enough for the API process to answer 400 up front)."""
+    try:
+        import jsonschema
+
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+        schema_ebnf(schema)
+    except Exception as e:  # noqa: BLE001 - jsonschema and xgrammar raise various types
+        msg = getattr(e, "message", None) or str(e)
+        raise GrammarError(f"unsupported JSON schema: {msg}") from None
+
+
 def _schemas_to_grammars(node: Any) -> Any:
     """Inside a structural tag, every json_schema content becomes its tightened EBNF."""
     if isinstance(node, dict):

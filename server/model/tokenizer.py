@@ -44,8 +44,29 @@ class TokenizerInfo:
                                            add_generation_prompt=add_generation_prompt)
 
     @property
+    def special_tokens(self) -> set[str]:
+        """Text of every token the tokenizer treats as special (added and marked special)."""
+        return {t.content for t in self.hf.added_tokens_decoder.values() if t.special}
+
+    def keeping(self, keep: tuple[str, ...]) -> SpecialFilter:
+        """A decoder that skips special tokens except `keep` (e.g. tool-call tags)."""
+        return SpecialFilter(self, keep)
+
+    @property
     def has_mask(self) -> bool:
         return self.mask_id is not None and MASK_TOKEN in self.hf.get_vocab()
+
+
+class SpecialFilter:
+    def __init__(self, tok: TokenizerInfo, keep: tuple[str, ...]) -> None:
+        self.tok = tok
+        self.drop = {i for i, t in tok.hf.added_tokens_decoder.items()
+                     if t.special and t.content not in keep}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self.drop]
+        return self.tok.decode(ids, skip_special_tokens=False)
 
 
 def load_tokenizer(model_dir: str | Path) -> TokenizerInfo:

@@ -1,0 +1,76 @@
+"""What every tool-call parser provides: a one-shot parse, a streaming state, and the structural
+tag that forces its format when `tool_choice` is `required` or names a function."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def new_call_id() -> str:
+    return f"call_{secrets.token_hex(12)}"
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: str  # JSON text exactly as the model wrote it
+    id: str = field(default_factory=new_call_id)
+
+    def to_openai(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass
+class ParsedOutput:
+    content: str | None
+    calls: list[ToolCall]
+
+
+@dataclass
+class ToolCallDelta:
+    """One streamed piece: `id` and `name` set only in a call's first delta."""
+
+    index: int
+    arguments: str
+    id: str | None = None
+    name: str | None = None
+
+    def to_openai(self) -> dict[str, Any]:
+        if self.name is None:
+            return {"index": self.index, "function": {"arguments": self.arguments}}
+        return {"index": self.index, "id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments}}
+
+
+class ToolStream:
+    """Per-choice streaming state: feed text deltas, get content and tool-call deltas."""
+
+    def feed(self, text: str, final: bool = False) -> tuple[str, list[ToolCallDelta]]:
+        raise NotImplementedError
+
+    @property
+    def num_calls(self) -> int:
+        raise NotImplementedError
+
+
+class ToolParser:
+    keep_tokens: tuple[str, ...] = ()  # special tokens that must stay visible in decoded text
+
+    @classmethod
+    def detect(cls, chat_template: str) -> bool:
+        raise NotImplementedError
+
+    def parse(self, text: str) -> ParsedOutput:
+        raise NotImplementedError
+
+    def stream(self) -> ToolStream:
+        raise NotImplementedError
+
+    def structural_tag(self, tools: list[dict[str, Any]], parallel: bool,
+                       special_tokens: set[str]) -> dict[str, Any]:
+        """An xgrammar structural tag admitting one call (or several if `parallel`) of the
+        given functions and nothing else."""
+        raise NotImplementedError
