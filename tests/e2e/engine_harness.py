@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from server.core import FinishReason, GenerateRequest, SamplingParams
+from server.core import FinishReason, GenerateRequest
 from server.engine.engine import Engine
 from server.engine.llm import engine_config
 from tests.reference.decode import reference_ar_greedy, reference_generate
@@ -49,16 +49,17 @@ class Run:
     max_running: int = 0
 
 
-def run(engine: Engine, reqs: list[tuple[str, list[int], SamplingParams]],
-        stagger: int = 0) -> Run:
-    """Add request i at step i*stagger (0: all at once); step until everything finished."""
+def run(engine: Engine, reqs: list[tuple[Any, ...]], stagger: int = 0) -> Run:
+    """Add request i — (rid, ids, params[, grammar]) — at step i*stagger (0: all at once);
+    step until everything finished."""
     out = Run()
     pending = list(enumerate(reqs))
     while pending or engine.has_work():
         while pending and pending[0][0] * stagger <= out.steps:
-            _, (rid, ids, params) = pending.pop(0)
+            _, (rid, ids, params, *grammar) = pending.pop(0)
             out.tokens[rid] = []
-            engine.add_request(GenerateRequest(rid, tuple(ids), params))
+            engine.add_request(GenerateRequest(rid, tuple(ids), params,
+                                               grammar=grammar[0] if grammar else None))
         result = engine.step()
         out.steps += 1
         out.preempted += result.stats.num_preempted

@@ -146,3 +146,17 @@ def test_engine_death_turns_health_503_and_fails_in_flight(tiny_llada2: Path) ->
         assert isinstance(errors[0], openai.InternalServerError)
     finally:
         srv.stop()
+
+
+def test_no_model_serves_the_embedded_default(tmp_path: Path) -> None:
+    """`unmask serve` with no MODEL (what `make serve` runs) generates the default checkpoint
+    into the cache on first start, then serves it."""
+    srv = RemoteServer(None, name="default", env={"UNMASK_CACHE": str(tmp_path)})
+    try:
+        assert (tmp_path / "default-tiny-llada2" / "config.json").exists()
+        out = srv.client().chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+        assert out.choices[0].finish_reason in ("stop", "length")
+        assert out.usage.completion_tokens >= 1
+    finally:
+        assert srv.stop() == 0
