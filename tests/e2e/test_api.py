@@ -167,10 +167,10 @@ def test_errors_are_openai_shaped(server: RemoteServer) -> None:
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0
                       ).models.list()
-    with pytest.raises(openai.BadRequestError, match="not supported"):
+    with pytest.raises(openai.BadRequestError, match="unsupported JSON schema"):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
-                                       tools=[{"type": "function",
-                                               "function": {"name": "f", "parameters": {}}}])
+                                       tools=[{"type": "function", "function": {
+                                           "name": "f", "parameters": {"type": 12}}}])
     h = {"Authorization": f"Bearer {API_KEY}"}
     bad_json = httpx.post(server.url + "/v1/completions", headers=h | {
         "content-type": "application/json"}, content=b"{not json")
