@@ -62,6 +62,7 @@ class GrammarCompilerPool:
     def __init__(self, model_dir: str | Path, vocab_size: int, stop_ids: tuple[int, ...],
                  workers: int = 2) -> None:
         self.vocab_size = vocab_size
+        self.never: frozenset[int] = frozenset()  # special ids outside every grammar; set below
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="grammar")
         self._compiler = self._pool.submit(self._make_compiler, model_dir, stop_ids, workers)
         self._cache: dict[GrammarSpec, Future[Any]] = {}
@@ -75,6 +76,7 @@ class GrammarCompilerPool:
         hf = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
         info = xgr.TokenizerInfo.from_huggingface(hf, vocab_size=self.vocab_size,
                                                   stop_token_ids=list(stop_ids))
+        self.never = frozenset(info.special_token_ids) - frozenset(info.stop_token_ids)
         return xgr.GrammarCompiler(info, max_threads=workers)
 
     def submit(self, spec: GrammarSpec) -> Future[Any]:

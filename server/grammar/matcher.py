@@ -9,16 +9,18 @@ import torch
 
 
 class GrammarState:
-    def __init__(self, compiled: Any, vocab_size: int) -> None:
+    def __init__(self, compiled: Any, vocab_size: int, never: frozenset[int] = frozenset()
+                 ) -> None:
         import xgrammar as xgr
 
         self._xgr = xgr
         self.matcher = xgr.GrammarMatcher(compiled)
         self.bitmask = xgr.allocate_token_bitmask(1, vocab_size)  # [1, ceil(V/32)] int32, CPU
+        self.never = never  # special ids no grammar accepts (checked here: xgrammar logs them)
 
     def accept(self, token: int) -> bool:
         """Advance over `token`; False (state unchanged) if the grammar does not allow it."""
-        return bool(self.matcher.accept_token(token))
+        return token not in self.never and bool(self.matcher.accept_token(token))
 
     def rollback(self, n: int = 1) -> None:
         self.matcher.rollback(n)

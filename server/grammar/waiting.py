@@ -42,7 +42,7 @@ class GrammarWaitingRoom:
                 continue
             del self._seqs[rid]
             try:
-                seq.grammar = GrammarState(fut.result(), self.pool.vocab_size)
+                seq.grammar = GrammarState(fut.result(), self.pool.vocab_size, self.pool.never)
             except Exception as e:  # noqa: BLE001 - the request fails, the engine goes on
                 failed.append(EngineOutput(rid, [], True, FinishReason.ERROR, str(e),
                                            bad_request=isinstance(e, GrammarError)))

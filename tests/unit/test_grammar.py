@@ -84,7 +84,7 @@ def test_fast_path_equals_always_masked_rule(pool: GrammarCompilerPool, tiny_lla
     same tokens every call, and the finished output is valid JSON for the schema."""
     g = torch.Generator().manual_seed(seed)
     B, V = 32, pool.vocab_size
-    a, b = GrammarState(compiled(pool), V), GrammarState(compiled(pool), V)
+    a, b = GrammarState(compiled(pool), V, pool.never), GrammarState(compiled(pool), V, pool.never)
     out: list[int] = []
     multi = 0
     for _ in range(200):
