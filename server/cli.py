@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-pages", type=int, default=None)
     g.set_defaults(handler=_generate)
     _add_serve(sub)
+    from loadtest.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
