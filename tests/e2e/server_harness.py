@@ -70,7 +70,8 @@ class RemoteServer:
         return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=self.api_key or "none",
                                   max_retries=0, **kw)
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, default: float | None = None) -> float:
+        """Sum of a metric's series; `default` if it has none yet (else KeyError)."""
         text = httpx.get(self.url + "/metrics").text
         total = 0.0
         found = False
@@ -79,6 +80,8 @@ class RemoteServer:
                 total += float(line.rsplit(" ", 1)[1])
                 found = True
         if not found:
+            if default is not None:
+                return default
             raise KeyError(name)
         return total
 
