@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test lint serve bench clean
+.PHONY: install test lint serve bench bench-compare clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,12 @@ serve: install
 
 bench: install
 	$(BIN)/python benchmarks/engine_cpu.py
+
+# Tiny LLaDA2 vs its Ling-2.0 AR twin, both served locally: table, JSON and charts.
+COMPARE_OUT ?= benchmarks/results/compare
+bench-compare: install
+	$(BIN)/unmask bench compare --out $(COMPARE_OUT) --plot $(COMPARE_OUT) \
+		--result-json $(COMPARE_OUT)/report.json $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
