@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from server.api.errors import APIError
@@ -21,7 +22,7 @@ from server.model.tokenizer import TokenizerInfo
 
 
 class _Holder:
-    def __init__(self, specials: set[str]) -> None:
+    def __init__(self, specials: AbstractSet[str]) -> None:
         self.nonce = secrets.token_hex(8)
         self.texts: list[str] = []
         self.specials = specials

@@ -101,6 +101,3 @@ class GrammarCompilerPool:
         except Exception as e:  # noqa: BLE001 - xgrammar raises several types for bad specs
             raise GrammarError(f"invalid {spec.kind.value}: {e}") from None
         raise GrammarError(f"unknown grammar kind {spec.kind!r}")
-
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)

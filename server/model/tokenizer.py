@@ -7,6 +7,7 @@ chat template, parses special tokens.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,12 @@ class TokenizerInfo:
         return self.hf.apply_chat_template(messages, tools=tools, tokenize=False,
                                            add_generation_prompt=add_generation_prompt)
 
-    @property
-    def special_tokens(self) -> set[str]:
+    @functools.cached_property
+    def special_tokens(self) -> frozenset[str]:
         """Text of every token the tokenizer treats as special (added and marked special)."""
-        return {t.content for t in self.hf.added_tokens_decoder.values() if t.special}
+        return frozenset(t.content for t in self.hf.added_tokens_decoder.values() if t.special)
 
+    @functools.cache  # noqa: B019 - one filter per tool parser, alive as long as the tokenizer
     def keeping(self, keep: tuple[str, ...]) -> SpecialFilter:
         """A decoder that skips special tokens except `keep` (e.g. tool-call tags)."""
         return SpecialFilter(self, keep)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from transformers import PreTrainedTokenizerFast
 
 from server.api.tools.hermes import HermesToolParser
 from server.core import FinishReason, GenerateRequest, GrammarKind, GrammarSpec, SamplingParams
 from server.model.specials import read_special_ids
+from server.model.tokenizer import TokenizerInfo
 from tests.e2e.engine_harness import make_engine, make_prompt, reference, run
 from tests.unit.test_grammar import SCHEMA
 
@@ -25,16 +25,13 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": 
 
 
 def tool_spec(model_dir: Path) -> GrammarSpec:
-    tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
-    specials = {t.content for t in tok.added_tokens_decoder.values() if t.special}
-    tag = HermesToolParser().structural_tag(TOOLS, parallel=False, special_tokens=specials)
+    tag = HermesToolParser().structural_tag(
+        TOOLS, parallel=False, special_tokens=set(TokenizerInfo(model_dir).special_tokens))
     return GrammarSpec(GrammarKind.STRUCTURAL_TAG, json.dumps(tag))
 
 
 def decode(model_dir: Path, ids: list[int], keep: tuple[str, ...] = ()) -> str:
-    tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
-    drop = {i for i, t in tok.added_tokens_decoder.items() if t.special and t.content not in keep}
-    return tok.decode([i for i in ids if i not in drop])
+    return TokenizerInfo(model_dir).keeping(keep).decode(ids)
 
 
 @pytest.mark.parametrize(("weights", "pages"), [("tiny_llada2", 16), ("tiny_llada2_peaky", 9)])

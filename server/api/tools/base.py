@@ -4,6 +4,7 @@ tag that forces its format when `tool_choice` is `required` or names a function.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +71,7 @@ class ToolParser:
         raise NotImplementedError
 
     def structural_tag(self, tools: list[dict[str, Any]], parallel: bool,
-                       special_tokens: set[str]) -> dict[str, Any]:
+                       special_tokens: AbstractSet[str]) -> dict[str, Any]:
         """An xgrammar structural tag admitting one call (or several if `parallel`) of the
         given functions and nothing else."""
         raise NotImplementedError

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,7 +154,7 @@ class HermesToolParser(ToolParser):
         return _HermesStream()
 
     def structural_tag(self, tools: list[dict[str, Any]], parallel: bool,
-                       special_tokens: set[str]) -> dict[str, Any]:
+                       special_tokens: AbstractSet[str]) -> dict[str, Any]:
         begin: Any = {"type": "token", "token": OPEN} if OPEN in special_tokens else OPEN
         close_token = CLOSE in special_tokens
         tags = []
