@@ -42,6 +42,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None → max_position_embeddings
     attention_backend: str = "auto"
     cpu_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
+    tensor_parallel_size: int = 1  # engine ranks (server/distributed); 1 = this process only
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

@@ -1,12 +1,15 @@
 """The Ling-2.0 / LLaDA2 MoE decoder. One implementation serves `LLaDA2MoeModelLM` (block
 diffusion) and `BailingMoeV2ForCausalLM` (AR): they differ only in the attention mask, which the
-runner's `ForwardBatch` carries. Module names mirror the checkpoint's tensor names."""
+runner's `ForwardBatch` carries. Module names mirror the checkpoint's tensor names.
+Under tensor parallelism (`tp.size > 1`) each rank holds its share of the heads, MLP width and
+experts; attention and MLP outputs are partial sums, all-reduced in `DecoderLayer`."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from server.distributed.group import SINGLE, TPGroup
 from server.model.config import ModelConfig
 from server.model.layers import RMSNorm, SwiGLU
 from server.model.moe import SparseMoE
@@ -15,10 +18,12 @@ from server.runner.attention import AttentionContext
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, tp: TPGroup = SINGLE) -> None:
         super().__init__()
         self.layer = layer
-        self.nh, self.nkv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        # this rank's heads: whole Q heads and their KV heads (check_tp_size: tp | nkv)
+        self.nh, self.nkv = cfg.num_attention_heads // tp.size, cfg.num_key_value_heads // tp.size
+        self.hd = cfg.head_dim
         # rows: [Q heads | K heads | V heads], each head hd contiguous rows (no interleaving)
         self.query_key_value = nn.Linear(
             cfg.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=cfg.use_qkv_bias
@@ -27,7 +32,9 @@ class Attention(nn.Module):
         if cfg.use_qk_norm:
             self.query_layernorm = RMSNorm(self.hd, cfg.rms_norm_eps)
             self.key_layernorm = RMSNorm(self.hd, cfg.rms_norm_eps)
-        self.dense = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=cfg.use_bias)
+        # row-parallel: partial sums over ranks, so the bias is added on rank 0 only
+        self.dense = nn.Linear(self.nh * self.hd, cfg.hidden_size,
+                               bias=cfg.use_bias and tp.rank == 0)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
                 ctx: AttentionContext) -> torch.Tensor:
@@ -42,37 +49,44 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, tp: TPGroup = SINGLE) -> None:
         super().__init__()
+        self.tp = tp
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attention = Attention(cfg, layer)
+        self.attention = Attention(cfg, layer, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp: nn.Module = (
-            SparseMoE(cfg) if cfg.is_moe_layer(layer)
-            else SwiGLU(cfg.hidden_size, cfg.intermediate_size)
-        )
+        self.mlp: nn.Module
+        if not cfg.is_moe_layer(layer):
+            self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size // tp.size)
+        elif tp.size == 1:
+            self.mlp = SparseMoE(cfg)
+        else:
+            from server.distributed.expert_parallel import ExpertParallelMoE
+
+            self.mlp = ExpertParallelMoE(cfg, tp)
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
                 ctx: AttentionContext) -> torch.Tensor:
-        h = h + self.attention(self.input_layernorm(h), positions, rope, ctx)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        h = h + self.tp.all_reduce(self.attention(self.input_layernorm(h), positions, rope, ctx))
+        return h + self.tp.all_reduce(self.mlp(self.post_attention_layernorm(h)))
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TPGroup = SINGLE) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, tp) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
 class Ling2MoeForward(nn.Module):
     """forward(ids, positions, ctx) → hidden [T, H]; compute_logits(hidden rows) → fp32 logits."""
 
-    def __init__(self, cfg: ModelConfig, max_positions: int | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, max_positions: int | None = None,
+                 tp: TPGroup = SINGLE) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.model = Backbone(cfg)
+        self.cfg, self.tp = cfg, tp
+        self.model = Backbone(cfg, tp)  # lm_head stays replicated: rank 0 computes the logits
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.max_positions = max_positions or cfg.max_position_embeddings
         self.rope = RotaryEmbedding(cfg, self.max_positions)

@@ -14,6 +14,8 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from server.distributed.group import SINGLE, TPGroup
+from server.distributed.sharding import Shard
 from server.model.config import ModelConfig
 from server.model.llada2_moe import Ling2MoeForward
 
@@ -83,12 +85,14 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def load_model(model_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: torch.device,
-               max_positions: int | None = None) -> Ling2MoeForward:
+               max_positions: int | None = None, tp: TPGroup = SINGLE) -> Ling2MoeForward:
+    """Under tensor parallelism only this rank's shard of each tensor is read."""
     with torch.device("meta"), _default_dtype(dtype):
-        model = Ling2MoeForward(cfg, max_positions)  # router weights/bias stay fp32
+        model = Ling2MoeForward(cfg, max_positions, tp)  # router weights/bias stay fp32
     model.to_empty(device=device)
     model.reset_rope(device)
-    sink = _WeightSink(model)
+    shard = Shard(cfg, tp.rank, tp.size)
+    sink = _WeightSink(model, shard)
     files = checkpoint_files(model_dir)
     total = sum(f.stat().st_size for f in files)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights",
@@ -97,7 +101,9 @@ def load_model(model_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: to
         for f in files:
             with safe_open(f, framework="pt", device="cpu") as st:
                 for name in st.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    t = st.get_tensor(name)
+                    t = shard.read(st, name)
+                    if t is None:  # another rank's
+                        continue
                     sink.put(name, t, f)
                     bar.update(t.numel() * t.element_size())
     bar.close()
@@ -116,7 +122,8 @@ class _WeightSink:
     """Routes checkpoint tensors into model parameters; tracks what is still unloaded.
     Per-expert keys fill stacked [E, ...] tensors; gate_proj/up_proj fill halves of gate_up_proj."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, shard: Shard) -> None:
+        self.shard = shard
         self.params = dict(model.named_parameters()) | {
             n: b for n, b in model.named_buffers() if not n.startswith("rope.")
         }
@@ -125,12 +132,13 @@ class _WeightSink:
 
     def put(self, name: str, t: torch.Tensor, file: Path) -> None:
         if m := _EXPERT.match(name):
-            prefix, e, proj = m.group(1), int(m.group(2)), m.group(3)
+            prefix, proj = m.group(1), m.group(3)
             target = f"{prefix}.w2" if proj == "down_proj" else f"{prefix}.w13"
             stacked = self._param(target, name, file)
-            if e >= stacked.shape[0]:
-                raise CheckpointError(f"{file.name}: {name}: expert {e} >= num_experts "
-                                      f"{stacked.shape[0]}")
+            e = self.shard.local_expert(int(m.group(2)))  # Shard.read skipped other ranks'
+            if e is None or e >= stacked.shape[0]:
+                raise CheckpointError(f"{file.name}: {name}: expert {m.group(2)} >= num_experts "
+                                      f"{self.shard.cfg.num_experts}")
             dst = stacked[e] if proj == "down_proj" else self._half(stacked[e], proj)
             self._copy(dst, t, name, file)
             self._part_done(target, f"{e}.{proj}", 2 * stacked.shape[0]
