@@ -62,7 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
         num_pages=args.num_pages, max_running_requests=args.max_running_requests,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         prefix_caching=not args.no_prefix_caching, attention_backend=args.attention_backend,
-        seed=args.seed, cpu_threads=args.cpu_threads).items() if v is not None}
+        seed=args.seed, cpu_threads=args.cpu_threads,
+        tensor_parallel_size=args.tensor_parallel_size).items() if v is not None}
     settings = ServerSettings(
         engine=engine_config(model, **options),
         served_model_name=args.served_model_name or Path(model).name,
@@ -98,6 +99,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-prefix-caching", action="store_true")
     s.add_argument("--attention-backend", default=None)
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--tensor-parallel-size", "--tp", type=int, default=None,
+                   help="engine ranks (one process each; heads up to the KV-head count and "
+                        "experts split across them): NCCL on GPUs 0..N-1, gloo on CPU")
     s.add_argument("--tool-call-parser", default="auto",
                    help="tool-call format: auto (from the chat template), none, hermes, "
                         "llada2, ling")

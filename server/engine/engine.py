@@ -90,12 +90,20 @@ class Engine:
         if cfg.scheduler.max_running_requests < 1:
             raise ValueError("max_running_requests must be >= 1")
         t0 = time.perf_counter()
-        model = load_model(model_dir, mcfg, dtype, device, self.max_model_len)
-        num_pages = self._num_pages(mcfg, dtype, device)
-        kv = KVCache(mcfg.num_hidden_layers, num_pages, self.mode.page_size,
-                     mcfg.num_key_value_heads, mcfg.head_dim, dtype, device)
-        backend = create_backend(cfg.attention_backend, device)
-        self.runner = ModelRunner(model, kv, backend, self.mode.attn_block, device)
+        if cfg.tensor_parallel_size > 1:  # this process is rank 0; it starts the others
+            from server.distributed.launch import start_tensor_parallel
+
+            self.runner, num_pages = start_tensor_parallel(
+                cfg, model_dir, mcfg, dtype, device, self.max_model_len, self.mode.page_size,
+                self.mode.attn_block, self._num_pages)
+            backend, device = self.runner.backend, self.runner.device
+        else:
+            model = load_model(model_dir, mcfg, dtype, device, self.max_model_len)
+            num_pages = self._num_pages(mcfg, dtype, device)
+            kv = KVCache(mcfg.num_hidden_layers, num_pages, self.mode.page_size,
+                         mcfg.num_key_value_heads, mcfg.head_dim, dtype, device)
+            backend = create_backend(cfg.attention_backend, device)
+            self.runner = ModelRunner(model, kv, backend, self.mode.attn_block, device)
         self.kv = KVManager(PagePool(num_pages), self.mode.page_size, cfg.cache.prefix_caching)
         self.scheduler = Scheduler(cfg.scheduler, self.kv, self.mode, specials.eos_ids)
         self.grammars = GrammarWaitingRoom(model_dir, mcfg.vocab_size, specials.eos_ids)
