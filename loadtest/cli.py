@@ -107,8 +107,28 @@ def finish(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
 
 
 def _loadtest(args: argparse.Namespace) -> int:
+    if args.soak:
+        return _soak(args)
     finish(args, run_loadtest(args))
     return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    import json
+
+    from loadtest.soak import SoakSpec, run_soak, text_report
+
+    spec = SoakSpec(args.base_url, args.model, args.api_key, args.soak_duration,
+                    args.soak_max_requests, args.max_concurrency or 8, args.seed,
+                    args.output_len)
+    result = run_soak(spec)
+    result["command"] = " ".join(shlex.quote(a) for a in sys.argv)
+    result["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(text_report(result))
+    if args.result_json:
+        Path(args.result_json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.result_json}")
+    return 0 if result["unexpected_errors"] == 0 else 1
 
 
 def add_loadtest_args(p: argparse.ArgumentParser) -> None:
@@ -139,6 +159,11 @@ def add_loadtest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--goodput", nargs="*", metavar="KEY:MS")
     p.add_argument("--result-json", default=None)
     p.add_argument("--plot", default=None, metavar="DIR", help="write PNG charts there")
+    p.add_argument("--soak", action="store_true",
+                   help="bounded soak of a loopback server: normal traffic mixed with "
+                        "disconnects, cancellations and bad requests (see docs/reliability.md)")
+    p.add_argument("--soak-duration", type=float, default=600.0, help="seconds (max 3600)")
+    p.add_argument("--soak-max-requests", type=int, default=20000, help="max 200000")
 
 
 def _bench_compare(args: argparse.Namespace) -> int:

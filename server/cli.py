@@ -46,6 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from server.api.app import ServerSettings
     from server.api.launcher import default_model_dir, serve
+    from server.api.limits import RequestLimits
     from server.api.tools import PARSERS
     from server.engine.llm import engine_config
 
@@ -72,6 +73,11 @@ def _serve(args: argparse.Namespace) -> int:
         in_process_engine=args.in_process_engine,
         max_body_bytes=args.max_body_bytes,
         tool_call_parser=args.tool_call_parser,
+        limits=RequestLimits(args.max_n, args.max_tokens_limit, args.max_stop_strings,
+                             args.max_stop_length, args.max_tool_schema_bytes),
+        max_queued_tokens=args.max_queued_tokens,
+        log_requests=args.log_requests,
+        cors_origins=tuple(args.cors_origins or ()),
     )
     serve(settings, args.host, args.port, args.shutdown_timeout, args.log_level)
     return 0
@@ -112,6 +118,20 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--in-process-engine", action="store_true",
                    help="step the engine on a thread of the API process")
     s.add_argument("--max-body-bytes", type=int, default=16 << 20)
+    s.add_argument("--max-queued-tokens", type=int, default=None,
+                   help="prompt + max_tokens of in-flight requests beyond which new ones "
+                        "get 503")
+    s.add_argument("--max-n", type=int, default=16, help="most choices (n) per request")
+    s.add_argument("--max-tokens-limit", type=int, default=None,
+                   help="most max_tokens per choice (default: the context length)")
+    s.add_argument("--max-stop-strings", type=int, default=16)
+    s.add_argument("--max-stop-length", type=int, default=256, help="characters per stop")
+    s.add_argument("--max-tool-schema-bytes", type=int, default=64 << 10,
+                   help="JSON size of tools + response_format schema per request")
+    s.add_argument("--log-requests", action="store_true",
+                   help="log prompts and outputs (off by default: they may be private)")
+    s.add_argument("--cors-origins", nargs="+", default=None, metavar="ORIGIN",
+                   help="enable CORS for these origins (off by default)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(handler=_serve)
 

@@ -9,7 +9,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.async_engine import AsyncEngine, EngineDeadError
 from server.api.errors import APIError
+from server.api.limits import RequestLimits
 from server.api.metrics import Metrics
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
 from server.api.responses import Shape, full_response, stream
@@ -39,6 +40,10 @@ class ServerSettings:
     in_process_engine: bool = False
     max_body_bytes: int = 16 << 20  # larger request bodies get 413
     tool_call_parser: str = "auto"  # a name in server.api.tools.PARSERS, "auto" or "none"
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    max_queued_tokens: int | None = None  # prompt + max_tokens of in-flight choices; → 503
+    log_requests: bool = False  # prompts and outputs in the log (off: ids and sizes only)
+    cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given
 
 
 class AppState:
@@ -50,6 +55,7 @@ class AppState:
         self.serving: OpenAIServing | None = None
         self.draining = False
         self.in_flight = 0  # engine requests of responses not yet complete
+        self.in_flight_tokens = 0  # their prompt + max_tokens
 
     async def load(self) -> None:
         loop = asyncio.get_running_loop()
@@ -86,6 +92,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="unmask", version=VERSION, lifespan=lifespan)
     app.state.unmask = state
     _install_errors(app)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(Guard, state=state)
     _install_routes(app, state)
     return app
@@ -112,6 +123,15 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
         return _json_error(APIError(e.status_code, str(e.detail)))
+
+    @app.exception_handler(UnicodeError)
+    async def bad_text(_: Request, e: UnicodeError) -> JSONResponse:
+        return _json_error(APIError(400, "the request holds text that is not valid Unicode "
+                                         "(e.g. a lone surrogate)"))
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(_: Request, e: RecursionError) -> JSONResponse:
+        return _json_error(APIError(400, "the request is nested too deeply"))
 
     @app.exception_handler(Exception)
     async def internal(_: Request, e: Exception) -> JSONResponse:
@@ -146,7 +166,23 @@ class Guard:
                                       (b"x-request-id", rid.encode("latin-1"))]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_id(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except APIError as e:  # raised by the body limit while the body is read
+            if not started:
+                await _json_error(e)(scope, receive, tracked)
+        except Exception:  # noqa: BLE001 - a 500 without a trace; the connection stays usable
+            log.exception("unhandled error")
+            if not started:
+                await _json_error(APIError(500, "internal server error"))(scope, receive,
+                                                                          tracked)
 
     def _limited(self, receive: Receive) -> Receive:
         """A body that grows past the limit (chunked uploads included) ends in a 413."""
@@ -218,10 +254,15 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
             card["max_model_len"] = info.max_model_len
         return {"object": "list", "data": [card]}
 
-    @app.post("/v1/completions")
-    async def completions(req: CompletionRequest, raw: Request) -> Response:
+    def admit(req: CompletionRequest | ChatCompletionRequest) -> OpenAIServing:
         s = serving()
         s.check_model(req.model)
+        state.settings.limits.check(req, state.engine.info.max_model_len)
+        return s
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, raw: Request) -> Response:
+        s = admit(req)
         pairs = s.completion_choices(req, raw.state.request_id)
         shape = Shape(False, raw.state.request_id, s.model_name, req.return_token_ids)
         return await _respond(state, s, raw, pairs, shape, req.n, req.stream,
@@ -230,8 +271,7 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, raw: Request) -> Response:
-        s = serving()
-        s.check_model(req.model)
+        s = admit(req)
         pairs = s.chat_choices(req, raw.state.request_id)
         shape = Shape(True, raw.state.request_id, s.model_name, req.return_token_ids)
         return await _respond(state, s, raw, pairs, shape, req.n, req.stream,
@@ -241,28 +281,44 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
 async def _respond(state: AppState, s: OpenAIServing, raw: Request, pairs: list,
                    shape: Shape, n: int, streaming: bool, include_usage: bool,
                    echo: bool = False) -> Response:
-    cap = state.settings.max_queued_requests
-    if cap is not None and state.in_flight + len(pairs) > cap:
+    cap, token_cap = state.settings.max_queued_requests, state.settings.max_queued_tokens
+    tokens = sum(len(r.prompt_ids) + r.params.max_tokens for _, r in pairs)
+    if (cap is not None and state.in_flight + len(pairs) > cap or token_cap is not None
+            and state.in_flight_tokens + tokens > token_cap):
         raise APIError(503, "The request queue is full.", headers={"Retry-After": "1"})
     choices: list[Choice] = [c for c, _ in pairs]
+    if state.settings.log_requests:
+        for c in choices:
+            log.info("request %s prompt=%r", c.rid, c.prompt_text or c.prompt_ids)
     state.in_flight += len(pairs)
+    state.in_flight_tokens += tokens
     events = s.events(pairs)
     if streaming:
         return StreamingResponse(
-            _counted(state, len(pairs), stream(shape, choices, events, n, include_usage, echo)),
+            _counted(state, choices, tokens,
+                     stream(shape, choices, events, n, include_usage, echo)),
             media_type="text/event-stream")
     try:
         return await _complete(raw, events, shape, choices, n, echo)
     finally:
-        state.in_flight -= len(pairs)
+        _release(state, choices, tokens)
 
 
-async def _counted(state: AppState, k: int, body: AsyncIterator[str]) -> AsyncIterator[str]:
+def _release(state: AppState, choices: list[Choice], tokens: int) -> None:
+    state.in_flight -= len(choices)
+    state.in_flight_tokens -= tokens
+    if state.settings.log_requests:
+        for c in choices:
+            log.info("request %s finish=%s output=%r", c.rid, c.finish_reason, c.text)
+
+
+async def _counted(state: AppState, choices: list[Choice], tokens: int,
+                   body: AsyncIterator[str]) -> AsyncIterator[str]:
     try:
         async for chunk in body:
             yield chunk
     finally:
-        state.in_flight -= k
+        _release(state, choices, tokens)
 
 
 async def _complete(raw: Request, events: AsyncIterator[Any], shape: Shape,

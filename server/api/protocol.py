@@ -8,11 +8,29 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-MAX_N = 16
+MAX_N = 128  # hard ceiling; the served limit is `RequestLimits.max_n`
 
 
 class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+def _has_surrogate(data: Any) -> bool:
+    """Lone surrogates (legal in JSON escapes, not in UTF-8) anywhere in the parsed body."""
+    stack = [data]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
 
 
 class StreamOptions(OpenAIModel):
@@ -36,6 +54,14 @@ class SamplingFields(OpenAIModel):
     threshold: Prob | None = None
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        if _has_surrogate(data):
+            raise ValueError("the request holds text that is not valid Unicode (a lone "
+                             "surrogate)")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> SamplingFields:
