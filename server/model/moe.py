@@ -3,12 +3,18 @@ stacked routed experts, and an always-on shared expert (llada2-spec §5)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from server.model.config import ModelConfig
 from server.model.layers import SwiGLU
+from unmask_kernels.moe.ref import experts_loop
+
+# (x [T, H], ids [T, k], weights [T, k] fp32, w13 [E, 2I, H], w2 [E, H, I]) → [T, H]
+ExpertsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                     torch.Tensor]
 
 
 class Router(nn.Module):
@@ -49,27 +55,10 @@ class Experts(nn.Module):
         self.inter = inter
         self.w13 = nn.Parameter(torch.empty(E, 2 * inter, H))
         self.w2 = nn.Parameter(torch.empty(E, H, inter))
+        self.impl: ExpertsFn = experts_loop  # swapped by `set_moe_backend`
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Torch reference path: tokens sorted by expert, one matmul pair per touched expert."""
-        T, k = ids.shape
-        flat = ids.flatten()  # [T*k]
-        order = flat.argsort(stable=True)
-        token = order // k  # source row of each sorted assignment
-        counts = torch.bincount(flat, minlength=self.w13.shape[0]).tolist()
-        xs = x[token]  # [T*k, H]
-        out = torch.empty_like(xs)
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            gate, up = F.linear(xs[start : start + n], self.w13[e]).split(self.inter, dim=-1)
-            out[start : start + n] = F.linear(F.silu(gate) * up, self.w2[e])
-            start += n
-        # expert outputs weighted and summed in fp32, then cast back (spec §5 precision)
-        weighted = out.float() * weights.flatten()[order].unsqueeze(1)
-        y = torch.zeros(T, x.shape[1], dtype=torch.float32, device=x.device)
-        return y.index_add_(0, token, weighted).to(x.dtype)
+        return self.impl(x, ids, weights, self.w13, self.w2)  # [T, H]
 
 
 class SparseMoE(nn.Module):
@@ -86,3 +75,14 @@ class SparseMoE(nn.Module):
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return y
+
+
+def set_moe_backend(model: nn.Module, name: str, device_type: str) -> str:
+    """Route every `Experts` of `model` through the "moe" kernel registry; returns the name."""
+    from unmask_kernels.registry import resolve
+
+    chosen, impl = resolve("moe", name, device_type)
+    for m in model.modules():
+        if isinstance(m, Experts):
+            m.impl = impl
+    return chosen

@@ -1,0 +1,47 @@
+"""A small registry per op: name → lazy factory. Backends are chosen once, by name or 'auto'.
+
+Factories import their heavy dependency (Triton, flashinfer) only when called, so a CPU box
+imports every module. On a CPU device a Triton backend runs only under `TRITON_INTERPRET=1`
+(the interpreter executes the same kernels with numpy; slow, for tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_OPS: dict[str, dict[str, Callable[[], Any]]] = {}
+
+
+def register(op: str, name: str, factory: Callable[[], Any]) -> None:
+    _OPS.setdefault(op, {})[name] = factory
+
+
+def available(op: str) -> list[str]:
+    return sorted(_OPS.get(op, {}))
+
+
+def triton_usable(device_type: str) -> bool:
+    """Triton kernels run on CUDA, or on CPU tensors under the interpreter."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return device_type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve(op: str, name: str, device_type: str) -> tuple[str, Any]:
+    """(chosen name, implementation). 'auto': triton on CUDA when importable, else torch."""
+    if name == "auto":
+        name = "triton" if device_type == "cuda" and triton_usable(device_type) else "torch"
+    impls = _OPS.get(op, {})
+    if name not in impls:
+        raise ValueError(f"unknown {op} backend {name!r}; available: {sorted(impls)}")
+    if name == "triton" and not triton_usable(device_type):
+        raise ValueError(f"{op} backend 'triton' needs CUDA or TRITON_INTERPRET=1 on "
+                         f"{device_type} (and the triton package)")
+    impl = impls[name]()
+    log.info("%s backend: %s (%s)", op, name, device_type)
+    return name, impl
