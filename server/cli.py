@@ -64,6 +64,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         prefix_caching=not args.no_prefix_caching, attention_backend=args.attention_backend,
         seed=args.seed, cpu_threads=args.cpu_threads,
+        acceptance_backend=args.acceptance_backend, moe_backend=args.moe_backend,
+        enforce_eager=args.enforce_eager or None, simulate_tpf=args.simulate_tpf,
         tensor_parallel_size=args.tensor_parallel_size).items() if v is not None}
     settings = ServerSettings(
         engine=engine_config(model, **options),
@@ -103,7 +105,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="in-flight requests beyond which new ones get 503")
     s.add_argument("--max-model-len", type=int, default=None)
     s.add_argument("--no-prefix-caching", action="store_true")
-    s.add_argument("--attention-backend", default=None)
+    s.add_argument("--attention-backend", default=None,
+                   help="auto | torch (SDPA) | flashinfer (CUDA)")
+    s.add_argument("--acceptance-backend", default=None, help="auto | torch | triton")
+    s.add_argument("--moe-backend", default=None, help="auto | torch | triton")
+    s.add_argument("--enforce-eager", action="store_true",
+                   help="no CUDA graphs for denoise steps (no-op on CPU)")
+    s.add_argument("--simulate-tpf", type=float, default=None,
+                   help="BENCHMARKING ONLY: acceptance oracle committing a fixed schedule of "
+                        "this many tokens per forward; outputs are not model outputs and every "
+                        "figure is 'simulated TPF'")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--tensor-parallel-size", "--tp", type=int, default=None,
                    help="engine ranks (one process each; heads up to the KV-head count and "

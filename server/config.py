@@ -31,6 +31,9 @@ class SchedulerConfig:
 class DiffusionConfig:
     block_size: int | None = None  # None → architecture default
     threshold: float = 0.95  # default commit threshold (per-request override)
+    # benchmarking oracle: commit a fixed schedule averaging this many tokens per forward
+    # (threshold ignored; figures from it are "simulated TPF"). None = the real rule.
+    simulate_tpf: float | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class EngineConfig:
     seed: int = 0  # engine sampler seed for requests without their own
     max_model_len: int | None = None  # None → max_position_embeddings
     attention_backend: str = "auto"
+    acceptance_backend: str = "auto"  # auto → triton on CUDA, torch elsewhere
+    moe_backend: str = "auto"  # auto → triton on CUDA, torch elsewhere
+    enforce_eager: bool = False  # no CUDA graphs for denoise steps (no-op on CPU)
     cpu_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
     tensor_parallel_size: int = 1  # engine ranks (server/distributed); 1 = this process only
     cache: CacheConfig = field(default_factory=CacheConfig)

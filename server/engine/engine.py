@@ -24,10 +24,12 @@ from server.kv_cache.manager import KVManager
 from server.kv_cache.page_pool import PagePool
 from server.model.config import ModelConfig
 from server.model.loader import load_model, resolve_model_path
+from server.model.moe import set_moe_backend
 from server.model.specials import read_special_ids
 from server.runner.attention import KVCache, create_backend
 from server.runner.model_runner import ModelRunner
 from server.scheduler.scheduler import Scheduler
+from unmask_kernels.registry import resolve
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,19 @@ class Engine:
             kv = KVCache(mcfg.num_hidden_layers, num_pages, self.mode.page_size,
                          mcfg.num_key_value_heads, mcfg.head_dim, dtype, device)
             backend = create_backend(cfg.attention_backend, device)
+            moe_backend = set_moe_backend(model, cfg.moe_backend, device.type)
             self.runner = ModelRunner(model, kv, backend, self.mode.attn_block, device)
+            if isinstance(self.mode, BlockDiffusion) and device.type == "cuda" and \
+                    not cfg.enforce_eager:
+                from server.runner.cuda_graphs import GraphedDenoiseRunner
+
+                self.runner = GraphedDenoiseRunner(self.runner, self.mode.block_size,
+                                                   self.max_model_len)
+        acceptance = "torch"
+        if isinstance(self.mode, BlockDiffusion):
+            acceptance, self.mode.accept_fn = resolve("acceptance", cfg.acceptance_backend,
+                                                      device.type)
+            self.mode.simulate_tpf = cfg.diffusion.simulate_tpf
         self.kv = KVManager(PagePool(num_pages), self.mode.page_size, cfg.cache.prefix_caching)
         self.scheduler = Scheduler(cfg.scheduler, self.kv, self.mode, specials.eos_ids)
         self.grammars = GrammarWaitingRoom(model_dir, mcfg.vocab_size, specials.eos_ids)
@@ -116,8 +130,11 @@ class Engine:
             block_size=getattr(self.mode, "block_size", 1), page_size=self.mode.page_size,
             num_pages=num_pages, max_model_len=self.max_model_len, vocab_size=mcfg.vocab_size,
             mask_id=specials.mask_id, eos_ids=specials.eos_ids,
-            attention_backend=backend.name, acceptance_backend="torch",
+            attention_backend=backend.name, acceptance_backend=acceptance,
         )
+        if cfg.tensor_parallel_size == 1:
+            log.info("moe backend %s; denoise CUDA graphs %s", moe_backend,
+                     "on" if type(self.runner).__name__ == "GraphedDenoiseRunner" else "off")
         log.info("engine ready in %.1fs: %s", time.perf_counter() - t0, self.info)
 
     def _num_pages(self, mcfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> int:

@@ -56,11 +56,19 @@ def _sampling(seqs: list[Sequence]) -> SamplingBatch | None:
     )
 
 
+def oracle_commits(tpf: float, step: int) -> int:
+    """Tokens the acceptance oracle commits at a block's `step`: floor((n+1)r) - floor(nr),
+    so every prefix of steps averages `tpf` (>= 1 per step for tpf >= 1)."""
+    return max(1, int((step + 1) * tpf) - int(step * tpf))
+
+
 class BlockDiffusion:
     def __init__(self, block_size: int, mask_id: int, threshold: float) -> None:
         self.attn_block = self.page_size = self.block_size = block_size
         self.mask_id = mask_id
         self.threshold = threshold
+        self.accept_fn = accept_blocks  # the "acceptance" registry's choice (engine sets it)
+        self.simulate_tpf: float | None = None  # benchmarking oracle, see DiffusionConfig
 
     def new_sequence(self, req: GenerateRequest) -> Sequence:
         B, P = self.block_size, len(req.prompt_ids)
@@ -101,14 +109,16 @@ class BlockDiffusion:
 
     def _accept_free(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
         """logits [S, B, V]: confidence-threshold acceptance anywhere in each block."""
-        dev = logits.device
+        dev, S = logits.device, len(seqs)
         blocks = torch.tensor([s.block for s in seqs], dtype=torch.long, device=dev)  # [S, B]
         undecided = torch.tensor([self.undecided(s) for s in seqs], device=dev)  # [S, B]
-        committed = accept_blocks(
+        thr, ks = [self._threshold(s) for s in seqs], [s.params.min_commit for s in seqs]
+        if self.simulate_tpf is not None:  # nothing passes 2.0: the k most confident commit
+            thr, ks = [2.0] * S, [oracle_commits(self.simulate_tpf, s.block_steps) for s in seqs]
+        committed = self.accept_fn(
             logits, blocks, undecided,
-            threshold=torch.tensor([self._threshold(s) for s in seqs], dtype=torch.float32,
-                                   device=dev),
-            min_commit=torch.tensor([s.params.min_commit for s in seqs], device=dev),
+            threshold=torch.tensor(thr, dtype=torch.float32, device=dev),
+            min_commit=torch.tensor(ks, device=dev),
             mask_id=self.mask_id, sampling=_sampling(seqs),
         )
         counts = committed.sum(1).tolist()
