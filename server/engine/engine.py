@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from server.core import (
     EngineOutput,
     FinishReason,
     GenerateRequest,
+    Segment,
     StepResult,
     StepStats,
 )
@@ -34,6 +36,13 @@ from unmask_kernels.registry import resolve
 log = logging.getLogger(__name__)
 
 CPU_KV_DEFAULT = 512 << 20
+# Test-only fault hook: a step whose batch holds a request with this prompt token id raises.
+# Unset (the default) it costs nothing; see docs/reliability.md.
+FAULT_TOKEN_ENV = "UNMASK_TEST_FAULT_TOKEN"
+CULPRIT_ERROR = ("internal engine error while processing this request; it was failed alone "
+                 "and the other requests went on")
+_FAULT_TOKEN: int | None = int(os.environ[FAULT_TOKEN_ENV]) if os.environ.get(
+    FAULT_TOKEN_ENV) else None
 
 
 @dataclass(frozen=True)
@@ -216,13 +225,50 @@ class Engine:
         self.scheduler.stats = StepStats()
         failed = self._admit_grammars()
         batch = self.scheduler.schedule()
-        committed: list[int] = []
-        if batch.segments:
-            logits = self.runner.forward(batch)
-            if batch.logit_segments:
-                committed = self.mode.accept(batch.logit_segments, logits)
+        try:
+            committed = self._run(batch)
+        except Exception:  # noqa: BLE001 - find the culprit, fail it alone, go on
+            log.exception("engine step failed; retrying its %d requests one by one",
+                          len(batch.segments))
+            batch, committed, culprits = self._isolate(batch)
+            failed += culprits
         outputs = failed + self.scheduler.update(batch, committed)
         return StepResult(outputs, self._stats(batch, t0))
+
+    def _run(self, batch: Batch) -> list[int]:
+        """Forward and acceptance; tokens committed per logit segment."""
+        if not batch.segments:
+            return []
+        if _FAULT_TOKEN is not None and any(_FAULT_TOKEN in s.seq.req.prompt_ids
+                                            for s in batch.segments):
+            raise RuntimeError("injected test fault")
+        logits = self.runner.forward(batch)
+        if not batch.logit_segments:
+            return []
+        return self.mode.accept(batch.logit_segments, logits)
+
+    def _isolate(self, batch: Batch) -> tuple[Batch, list[int], list[EngineOutput]]:
+        """Re-run a failed step one segment at a time. Safe because schedule()'s side effects
+        (pages grown, admissions, preemptions) hold for any subset of the batch, a forward only
+        rewrites KV of the segment's own positions (the active block, or a prefill chunk), and
+        acceptance mutates a sequence only after its logits are computed. Failing segments'
+        requests finish with an error (their pages freed); the rest form the step's batch."""
+        good: list[Segment] = []
+        committed: list[int] = []
+        culprits: list[EngineOutput] = []
+        for seg in batch.segments:
+            try:
+                counts = self._run(Batch([seg], seg.num_tokens))
+            except Exception:  # noqa: BLE001
+                log.exception("request %s fails the step on its own; failing it", seg.seq.rid)
+                out = self.scheduler.abort(seg.seq.rid, FinishReason.ERROR, CULPRIT_ERROR)
+                if out is not None:
+                    culprits.append(out)
+                continue
+            good.append(seg)
+            committed += counts
+        return Batch(good, sum(s.num_tokens for s in good), batch.num_preempted), committed, \
+            culprits
 
     def _admit_grammars(self) -> list[EngineOutput]:
         """Queue requests whose grammar is ready; when nothing else can run, wait a little."""
