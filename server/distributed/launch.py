@@ -23,6 +23,7 @@ from server.distributed.worker import RankSpec, fb_to, init_group
 from server.model.config import ModelConfig
 from server.model.llada2_moe import Ling2MoeForward
 from server.model.loader import load_model
+from server.model.moe import set_moe_backend
 from server.runner.attention import AttentionBackend, KVCache, create_backend
 from server.runner.forward_batch import build_forward_batch
 from server.runner.model_runner import ModelRunner
@@ -90,13 +91,14 @@ def start_tensor_parallel(cfg: EngineConfig, model_dir: Path, mcfg: ModelConfig,
         backend="nccl" if cuda else "gloo", device=f"cuda:{first + r}" if cuda else "cpu",
         dtype=str(dtype).removeprefix("torch."), max_positions=max_positions,
         page_size=page_size, attn_block=attn_block, attention_backend=cfg.attention_backend,
-        cpu_threads=threads, timeout_s=TIMEOUT_S) for r in range(n)]
+        moe_backend=cfg.moe_backend, cpu_threads=threads, timeout_s=TIMEOUT_S) for r in range(n)]
     workers = WorkerPool(n - 1)
     try:
         workers.send_each(specs[1:])
         workers.expect("hello")  # imports done, joining the group
         init_group(specs[0], store)
         model = load_model(model_dir, mcfg, dtype, device, max_positions, TPGroup(0, n))
+        moe = set_moe_backend(model, cfg.moe_backend, device.type)
         local = dataclasses.replace(mcfg, num_key_value_heads=mcfg.num_key_value_heads // n)
         pages = num_pages(local, dtype, device)
         workers.broadcast(("pages", pages))
@@ -111,7 +113,8 @@ def start_tensor_parallel(cfg: EngineConfig, model_dir: Path, mcfg: ModelConfig,
         raise
     runner = TensorParallelRunner(model, kv, backend, attn_block, device, workers)
     atexit.register(runner.close)
-    log.info("tensor parallel: %d ranks (%s), %d of %d KV heads and %d of %d experts per rank",
-             n, specs[0].backend, local.num_key_value_heads, mcfg.num_key_value_heads,
-             mcfg.num_experts // n, mcfg.num_experts)
+    log.info("tensor parallel: %d ranks (%s), %d of %d KV heads and %d of %d experts per rank; "
+             "moe backend %s; eager forward (no CUDA graphs)", n, specs[0].backend,
+             local.num_key_value_heads, mcfg.num_key_value_heads, mcfg.num_experts // n,
+             mcfg.num_experts, moe)
     return runner, pages

@@ -38,6 +38,7 @@ class RankSpec:
     page_size: int
     attn_block: int
     attention_backend: str
+    moe_backend: str
     cpu_threads: int | None
     timeout_s: float
 
@@ -69,6 +70,7 @@ def _serve(spec: RankSpec, inbox: BinaryIO, outbox: BinaryIO) -> None:
     from server.distributed.group import TPGroup
     from server.model.config import ModelConfig
     from server.model.loader import load_model
+    from server.model.moe import set_moe_backend
     from server.runner.attention import KVCache, create_backend
     from server.runner.model_runner import ModelRunner
 
@@ -86,6 +88,7 @@ def _serve(spec: RankSpec, inbox: BinaryIO, outbox: BinaryIO) -> None:
     dtype = DTYPES[spec.dtype]
     tp = TPGroup(spec.rank, spec.world_size)
     model = load_model(model_dir, mcfg, dtype, device, spec.max_positions, tp)
+    set_moe_backend(model, spec.moe_backend, device.type)
     kind, num_pages = pickle.load(inbox)
     assert kind == "pages", kind
     kv = KVCache(mcfg.num_hidden_layers, num_pages, spec.page_size,
