@@ -1,0 +1,134 @@
+"""The cpu-demo container command, run for real: the launch script of the rendered Deployment,
+fed the cpu-demo ConfigMap (port swapped for a free one), starts `unmask serve` on the embedded
+model; its probe paths answer, every metric the autoscalers, the EPP and the Grafana dashboard
+read is in its /metrics, and SIGTERM drains within terminationGracePeriodSeconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.deploy.manifests import DEPLOY, K8S, one, rendered, serving_pods
+from tests.e2e.server_harness import free_port
+
+METRIC = re.compile(r"\bunmask:[a-z0-9_:]+")
+
+
+def referenced_metrics() -> dict[str, set[str]]:
+    so = one(rendered("autoscaling/keda"), "ScaledObject")
+    adapter = yaml.safe_load((K8S / "autoscaling/hpa/prometheus-adapter-values.yaml").read_text())
+    hpa = one(rendered("autoscaling/hpa"), "HorizontalPodAutoscaler")
+    epp = one(rendered("inference-pool"), "Deployment", "unmask-epp")
+    dash = json.loads((DEPLOY / "compose/grafana/dashboards/unmask.json").read_text())
+    # the adapter renames unmask:X to unmask_X: the HPA's metric must come from one of its rules
+    adapter_names = {m.replace("unmask:", "unmask_") for r in adapter["rules"]["custom"]
+                     for m in METRIC.findall(r["seriesQuery"])}
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] in adapter_names
+    return {
+        "keda": set(METRIC.findall(so["spec"]["triggers"][0]["metadata"]["query"])),
+        "adapter": {m for r in adapter["rules"]["custom"] for m in METRIC.findall(
+            r["seriesQuery"])},
+        "epp": {m for a in epp["spec"]["template"]["spec"]["containers"][0]["args"]
+                for m in METRIC.findall(a)},
+        "grafana": {m for p in dash["panels"] for t in p["targets"]
+                    for m in METRIC.findall(t["expr"])}
+                   | set(METRIC.findall(json.dumps(dash["templating"]))),
+    }
+
+
+@pytest.fixture(scope="module")
+def cpu_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen]]:
+    resources = rendered("overlays/cpu-demo")
+    flags = dict(one(resources, "ConfigMap", "unmask-serve")["data"])
+    port = free_port()
+    flags |= {"host": "127.0.0.1", "port": str(port), "log-level": "warning"}
+    tmp = tmp_path_factory.mktemp("cpu-demo")
+    (tmp / "flags").mkdir()
+    for k, v in flags.items():
+        (tmp / "flags" / k).write_text(v)
+    c = serving_pods(resources)[0]["spec"]["containers"][0]
+    script = c["command"][2].replace("/etc/unmask/serve", str(tmp / "flags"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "UNMASK_CACHE": str(tmp / "cache"), "UNMASK_MODEL": ""}
+    log = open(tmp / "server.log", "w")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(["/bin/sh", "-c", script, *c["command"][3:]], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (tmp / "server.log").read_text()[-3000:]
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("cpu-demo server not ready: " + (tmp / "server.log").read_text()[-3000:])
+    yield url, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_probe_paths_answer(cpu_demo: tuple[str, subprocess.Popen]) -> None:
+    url, _ = cpu_demo
+    c = serving_pods(rendered("overlays/cpu-demo"))[0]["spec"]["containers"][0]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert httpx.get(url + c[probe]["httpGet"]["path"]).status_code == 200, probe
+    mon = one(rendered("overlays/cpu-demo"), "ServiceMonitor")
+    assert httpx.get(url + mon["spec"]["endpoints"][0]["path"]).status_code == 200
+
+
+def test_every_referenced_metric_is_exported(cpu_demo: tuple[str, subprocess.Popen]) -> None:
+    url, _ = cpu_demo
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=80,
+        stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    # streamed over several diffusion blocks: TTFT, ITL and steps-per-block get samples
+    assert [ch.usage.completion_tokens for ch in chat if ch.usage] == [80]
+    families = list(text_string_to_metric_families(httpx.get(url + "/metrics").text))
+    exported: set[str] = set()
+    with_samples = {s.name for f in families for s in f.samples}
+    for f in families:
+        suffixes = {"counter": ["_total", "_created"], "gauge": [""],
+                    "histogram": ["_bucket", "_sum", "_count", "_created"]}[f.type]
+        exported |= {f.name + s for s in suffixes}
+    refs = referenced_metrics()
+    assert refs["keda"] == {"unmask:num_requests_waiting"}
+    assert refs["epp"] == {"unmask:num_requests_waiting", "unmask:num_requests_running",
+                           "unmask:kv_cache_usage_perc"}
+    for source, names in refs.items():
+        assert names, source
+        assert names <= exported, f"{source}: not exported: {names - exported}"
+    gauges_and_histograms = {n for names in refs.values() for n in names
+                             if not n.endswith(("_total", "_created"))}
+    assert gauges_and_histograms <= with_samples, gauges_and_histograms - with_samples
+    for panel in ("Tokens per forward", "Steps per diffusion block", "Time to first token",
+                  "Inter-token latency", "Requests running / waiting", "KV cache usage",
+                  "Preemptions per second", "Output tokens per second"):
+        assert panel in {p["title"] for p in json.loads(
+            (DEPLOY / "compose/grafana/dashboards/unmask.json").read_text())["panels"]}
+
+
+def test_sigterm_drains_within_the_grace_period(cpu_demo: tuple[str, subprocess.Popen]) -> None:
+    url, proc = cpu_demo
+    grace = serving_pods(rendered("overlays/cpu-demo"))[0]["spec"]["terminationGracePeriodSeconds"]
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)  # the shell exec'd unmask: the pod's PID 1
+    assert proc.wait(timeout=grace) == 0
+    assert time.monotonic() - start < grace
