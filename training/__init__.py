@@ -1,0 +1,1 @@
+"""Training the shipped model pair: `python -m training run` (see training/README.md)."""

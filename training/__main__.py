@@ -1,0 +1,39 @@
+"""`python -m training run|eval ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train both models and export them")
+    r.add_argument("--out", default="models", help="exports <out>/llada2 and <out>/ling2")
+    r.add_argument("--scale", default="full", choices=["full", "toy"])
+    r.add_argument("--work", default=None, help="non-shipped outputs (no-CAP checkpoint)")
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--max-stage-s", type=float, default=None, help="wall cap per stage")
+    r.add_argument("--log", default=None, help="JSON-lines training log")
+    e = sub.add_parser("eval", help="evaluate exported checkpoints (training/eval.py)")
+    e.add_argument("rest", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    if args.cmd == "eval":
+        from training.eval import main as eval_main
+
+        return eval_main(args.rest)
+    from training import pipeline
+
+    if args.max_stage_s is not None:
+        pipeline.SCALES[args.scale].max_stage_s = args.max_stage_s
+    summary = pipeline.run(Path(args.out), args.scale, Path(args.work) if args.work else None,
+                           Path(args.log) if args.log else None, args.threads)
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
