@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.async_engine import AsyncEngine, EngineDeadError
-from server.api.errors import APIError
+from server.api.errors import ERROR_RESPONSES, APIError
 from server.api.limits import RequestLimits
 from server.api.metrics import Metrics
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
@@ -245,7 +245,7 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=ERROR_RESPONSES)
     async def models() -> dict[str, Any]:
         info = state.engine.info
         card: dict[str, Any] = {"id": state.settings.served_model_name, "object": "model",
@@ -260,7 +260,7 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         state.settings.limits.check(req, state.engine.info.max_model_len)
         return s
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=ERROR_RESPONSES)
     async def completions(req: CompletionRequest, raw: Request) -> Response:
         s = admit(req)
         pairs = s.completion_choices(req, raw.state.request_id)
@@ -269,7 +269,7 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
                               bool(req.stream_options and req.stream_options.include_usage),
                               req.echo)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
     async def chat(req: ChatCompletionRequest, raw: Request) -> Response:
         s = admit(req)
         pairs = s.chat_choices(req, raw.state.request_id)

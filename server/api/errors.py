@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 _TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
           413: "BadRequestError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
 
@@ -24,3 +26,24 @@ class APIError(Exception):
 def error_body(message: str, type_: str, param: str | None = None,
                code: str | int | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The OpenAPI schema of every error body."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": kind}
+    for status, kind in ((400, "invalid request or over a limit"), (401, "bad API key"),
+                         (404, "unknown model"), (413, "request body too large"),
+                         (500, "generation failed"), (503, "overloaded, loading or draining"))
+}
