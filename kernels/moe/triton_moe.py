@@ -97,7 +97,9 @@ def align(ids: torch.Tensor, num_experts: int, bm: int) -> tuple[torch.Tensor, t
     flat = ids.flatten()  # [N]
     N, E, dev = flat.numel(), num_experts, ids.device
     order = flat.argsort(stable=True)  # sorted row → assignment
-    counts = torch.bincount(flat, minlength=E)  # [E]
+    # [E]; not bincount: on CUDA it reads the max id back to the host (breaks graph capture)
+    counts = torch.zeros(E, dtype=torch.long, device=dev).scatter_add_(
+        0, flat, torch.ones_like(flat))
     padded = (counts + bm - 1) // bm * bm
     pend = padded.cumsum(0)
     pstart = pend - padded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -10,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from server.runner.forward_batch import ForwardBatch
+
+log = logging.getLogger(__name__)
 
 
 class KVCache:
@@ -101,7 +104,14 @@ class TorchAttention:
         return out
 
 
-_BACKENDS: dict[str, Callable[[], AttentionBackend]] = {"torch": TorchAttention}
+def _flashinfer() -> AttentionBackend:
+    from server.runner.flashinfer_attention import FlashInferAttention  # lazy: GPU-only package
+
+    return FlashInferAttention()
+
+
+_BACKENDS: dict[str, Callable[[], AttentionBackend]] = {
+    "torch": TorchAttention, "sdpa": TorchAttention, "flashinfer": _flashinfer}
 
 
 def register_backend(name: str, factory: Callable[[], AttentionBackend]) -> None:
@@ -109,9 +119,22 @@ def register_backend(name: str, factory: Callable[[], AttentionBackend]) -> None
 
 
 def create_backend(name: str, device: torch.device) -> AttentionBackend:
-    """'auto' picks the best available for the device; CPU always gets the torch backend."""
+    """Chosen once and logged. 'auto' is torch (SDPA) everywhere for now: the flashinfer
+    backend has not yet run on a GPU (tests/gpu/test_attention_gpu.py checks it against torch);
+    make 'auto' prefer it on CUDA once that test passes. See docs/kernels.md."""
     if name == "auto":
         name = "torch"
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_BACKENDS)}")
-    return _BACKENDS[name]()
+    if name == "flashinfer" and (device.type != "cuda" or not _has_flashinfer()):
+        raise ValueError("attention backend 'flashinfer' needs a CUDA device and the "
+                         "flashinfer-python package (extra 'gpu')")
+    backend = _BACKENDS[name]()
+    log.info("attention backend: %s (%s)", backend.name, device.type)
+    return backend
+
+
+def _has_flashinfer() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flashinfer") is not None
