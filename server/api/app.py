@@ -158,7 +158,8 @@ class Guard:
             return
         rid = headers.get("x-request-id") or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
-        receive = self._limited(receive)
+        over: list[APIError] = []
+        receive = self._limited(receive, over)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -170,6 +171,11 @@ class Guard:
 
         async def tracked(message: Message) -> None:
             nonlocal started
+            if over:  # the body outgrew the limit: a 413 replaces the app's own answer
+                if not started and message["type"] == "http.response.start":
+                    started = True
+                    await _json_error(over[0])(scope, receive, send_with_id)
+                return
             started = started or message["type"] == "http.response.start"
             await send_with_id(message)
 
@@ -177,14 +183,14 @@ class Guard:
             await self.app(scope, receive, tracked)
         except APIError as e:  # raised by the body limit while the body is read
             if not started:
-                await _json_error(e)(scope, receive, tracked)
+                await _json_error(over[0] if over else e)(scope, receive, send_with_id)
         except Exception:  # noqa: BLE001 - a 500 without a trace; the connection stays usable
             log.exception("unhandled error")
             if not started:
                 await _json_error(APIError(500, "internal server error"))(scope, receive,
                                                                           tracked)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, over: list[APIError]) -> Receive:
         """A body that grows past the limit (chunked uploads included) ends in a 413."""
         seen = 0
         limit = self.state.settings.max_body_bytes
@@ -195,7 +201,8 @@ class Guard:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise APIError(413, f"request body larger than {limit} bytes")
+                    over.append(APIError(413, f"request body larger than {limit} bytes"))
+                    raise over[-1]
             return message
 
         return counted
