@@ -56,7 +56,7 @@ class _ThreadEngine:
             if self.engine.has_work():
                 try:
                     result = self.engine.step()
-                except Exception:  # noqa: BLE001 - fail the batch, keep serving
+                except Exception:  # noqa: BLE001 - outside forward/accept (isolated in step): fail all
                     log.exception("engine step failed")
                     self._on_step(self.engine.fail_all("internal engine error"), None)
                     continue

@@ -47,7 +47,7 @@ def _engine_main(cfg: EngineConfig, inbox: Connection, outbox: Connection) -> No
         if engine.has_work():
             try:
                 result = engine.step()
-            except Exception:  # noqa: BLE001 - fail the batch, keep serving
+            except Exception:  # noqa: BLE001 - outside forward/accept (isolated in step): fail all
                 err = traceback.format_exc()
                 log.error("engine step failed:\n%s", err)
                 outbox.send(("step", engine.fail_all("internal engine error"), None))
