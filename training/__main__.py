@@ -18,13 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--max-stage-s", type=float, default=None, help="wall cap per stage")
     r.add_argument("--log", default=None, help="JSON-lines training log")
-    e = sub.add_parser("eval", help="evaluate exported checkpoints (training/eval.py)")
-    e.add_argument("rest", nargs=argparse.REMAINDER)
-    args = p.parse_args(argv)
-    if args.cmd == "eval":
+    sub.add_parser("eval", help="evaluate exported checkpoints (see training/eval.py)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:
         from training.eval import main as eval_main
 
-        return eval_main(args.rest)
+        return eval_main(argv[1:])
+    args = p.parse_args(argv)
     from training import pipeline
 
     if args.max_stage_s is not None:

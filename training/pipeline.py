@@ -59,15 +59,16 @@ class Scale:
 FULL_SHAPE = dict(hidden_size=128, intermediate_size=256, moe_intermediate_size=64,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_experts=8,
                   num_experts_per_tok=2, n_group=1, topk_group=1, num_shared_experts=1,
-                  max_position_embeddings=4096, num_hidden_layers=4)
+                  max_position_embeddings=4096, num_hidden_layers=3)
 TOY_SHAPE = dict(hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_experts=4,
                  num_experts_per_tok=2, n_group=1, topk_group=1, num_shared_experts=1,
                  max_position_embeddings=1024, num_hidden_layers=2)
 SCALES = {
-    "full": Scale(FULL_SHAPE, ar_steps=100_000, ar_sft_steps=100_000, convert_steps=100_000,
-                  sft_steps=100_000, sft_batch=8, eval_every=25, per_tool=100,
-                  caps={"ar_pretrain": 420, "ar_sft": 240, "convert": 600, "sft_cap": 450}),
+    "full": Scale(FULL_SHAPE, batch=8, ar_steps=100_000, ar_sft_steps=100_000,
+                  convert_steps=100_000, sft_steps=100_000, sft_batch=4, eval_every=20,
+                  per_tool=100, caps={"ar_pretrain": 300, "ar_sft": 270, "convert": 420,
+                                      "sft_cap": 570}),
     "toy": Scale(TOY_SHAPE, vocab_size=400, corpus_chars=60_000, seq_len=32, batch=4,
                  sft_batch=4, ar_steps=12, ar_sft_steps=6, convert_steps=10,
                  sft_steps=8, eval_every=3, per_func=1, per_tool=6, lr=1e-2, sft_lr=1e-2,
@@ -168,10 +169,16 @@ def run(out: Path, scale: str = "full", work: Path | None = None, log_path: Path
     eos, mask_id = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|mask|>")
     vocab = -(-tok.get_vocab_size() // 64) * 64
 
+    def chat_text_final(r: ChatRenderer) -> list[str]:
+        return [r.render(e.messages, e.tools) for e in chat_train]
+
     def enc_docs(texts: list[str]) -> list[list[int]]:
         return [e.ids + [eos] for e in tok.encode_batch(texts)]
 
-    pre_train = pack(enc_docs(docs_train + code_docs(3)), sc.seq_len)
+    # the rendered training conversations join the corpus (twice): at this budget the chat
+    # format must be seen before SFT; validation stays pure held-out stdlib code
+    pre_train = pack(enc_docs(docs_train + code_docs(3) + 2 * chat_text_final(renderer)),
+                     sc.seq_len)
     pre_val = pack(enc_docs(docs_val), sc.seq_len)
     pre_val = Packed(pre_val.ids[: 2 * sc.batch], pre_val.doc[: 2 * sc.batch])
     sft_train, sft_val = sft_rows(chat_train, renderer), sft_rows(chat_val, renderer)
@@ -289,6 +296,7 @@ def run(out: Path, scale: str = "full", work: Path | None = None, log_path: Path
         _export(dm, cfg_dm, target, tok, "llada2", eos, mask_id, sc.export_dtype)
     summary["wall_s"] = round(time.monotonic() - t_start, 1)
     log(stage="done", wall_s=summary["wall_s"])
+    summary["log"] = log.records
     return summary
 
 

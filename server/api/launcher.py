@@ -48,8 +48,14 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "llada2"  # training/README.md
+
+
 def default_model_dir() -> Path:
-    """The embedded default: a tiny checkpoint generated deterministically on first use."""
+    """The embedded default: the trained checkpoint shipped in the repo's `models/`, else a
+    tiny random checkpoint generated deterministically on first use."""
+    if (SHIPPED_MODEL / "config.json").exists():
+        return SHIPPED_MODEL
     root = Path(os.environ.get("UNMASK_CACHE", Path.home() / ".cache" / "unmask"))
     path = root / "default-tiny-llada2"
     if not (path / "config.json").exists():

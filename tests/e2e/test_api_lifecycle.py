@@ -149,11 +149,14 @@ def test_engine_death_turns_health_503_and_fails_in_flight(tiny_llada2: Path) ->
 
 
 def test_no_model_serves_the_embedded_default(tmp_path: Path) -> None:
-    """`unmask serve` with no MODEL (what `make serve` runs) generates the default checkpoint
-    into the cache on first start, then serves it."""
+    """`unmask serve` with no MODEL (what `make serve` runs) serves the trained checkpoint in
+    models/ if shipped, else generates the tiny default into the cache on first start."""
+    from server.api.launcher import SHIPPED_MODEL
+
     srv = RemoteServer(None, name="default", env={"UNMASK_CACHE": str(tmp_path)})
     try:
-        assert (tmp_path / "default-tiny-llada2" / "config.json").exists()
+        generated = (tmp_path / "default-tiny-llada2" / "config.json").exists()
+        assert generated != (SHIPPED_MODEL / "config.json").exists()
         out = srv.client().chat.completions.create(
             model="default", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
         assert out.choices[0].finish_reason in ("stop", "length")
