@@ -109,12 +109,13 @@ def measure(engine: Any, conc: int, prompt_len: int, steps: int, mode: str, bw: 
     from server.core import GenerateRequest, SamplingParams
 
     g = torch.Generator().manual_seed(seed)
-    V = engine.vocab_size
     block = engine.info.block_size
     for i in range(conc):
-        ids = tuple(torch.randint(0, V - 1000, (prompt_len,), generator=g).tolist())
+        # ids below the tiny tokenizer's special ids (776..785): no mask or eos in prompts
+        ids = tuple(torch.randint(0, 700, (prompt_len,), generator=g).tolist())
         engine.add_request(GenerateRequest(f"b{conc}-{i}", ids, SamplingParams(
-            max_tokens=4096, ignore_eos=True, temperature=0.0)))
+            max_tokens=engine.max_model_len - prompt_len - 2 * block, ignore_eos=True,
+            temperature=0.0)))
     rows = conc * (block if mode == "diffusion" else 1)
     # prefill (eager) until every sequence is in its steady step shape
     for _ in range(200):
