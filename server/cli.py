@@ -66,9 +66,20 @@ def _serve(args: argparse.Namespace) -> int:
         seed=args.seed, cpu_threads=args.cpu_threads,
         acceptance_backend=args.acceptance_backend, moe_backend=args.moe_backend,
         enforce_eager=args.enforce_eager or None, simulate_tpf=args.simulate_tpf,
-        tensor_parallel_size=args.tensor_parallel_size).items() if v is not None}
+        tensor_parallel_size=args.tensor_parallel_size, nnodes=args.nnodes,
+        node_rank=args.node_rank, dist_init_addr=args.dist_init_addr).items() if v is not None}
+    from server.distributed.node import check_topology, run_node
+
+    engine = engine_config(model, **options)
+    try:
+        check_topology(engine)
+        if engine.node_rank > 0:  # node k of a multi-node group: its ranks only, no HTTP API
+            return run_node(engine)
+    except ValueError as e:
+        print(f"unmask serve: {e}", file=sys.stderr)
+        return 2
     settings = ServerSettings(
-        engine=engine_config(model, **options),
+        engine=engine,
         served_model_name=args.served_model_name or Path(model).name,
         api_key=args.api_key or os.environ.get("UNMASK_API_KEY"),
         max_queued_requests=args.max_queued_requests,
@@ -119,6 +130,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tensor-parallel-size", "--tp", type=int, default=None,
                    help="engine ranks (one process each; heads up to the KV-head count and "
                         "experts split across them): NCCL on GPUs 0..N-1, gloo on CPU")
+    s.add_argument("--nnodes", type=int, default=None,
+                   help="nodes the --tensor-parallel-size ranks are spread over (each runs "
+                        "tp/nnodes; default 1)")
+    s.add_argument("--node-rank", type=int, default=None,
+                   help="this node (default 0): node 0 serves HTTP and runs rank 0, node k > 0 "
+                        "runs its ranks only")
+    s.add_argument("--dist-init-addr", default=None, metavar="HOST:PORT",
+                   help="node 0's address for the process group (needed with --nnodes > 1); "
+                        "rank 0 also listens on PORT+1 for the other nodes' control links")
     s.add_argument("--tool-call-parser", default="auto",
                    help="tool-call format: auto (from the chat template), none, hermes, "
                         "llada2, ling")

@@ -49,6 +49,9 @@ class EngineConfig:
     enforce_eager: bool = False  # no CUDA graphs for denoise steps (no-op on CPU)
     cpu_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
     tensor_parallel_size: int = 1  # engine ranks (server/distributed); 1 = this process only
+    nnodes: int = 1  # nodes the tensor_parallel_size ranks are spread over (equal shares)
+    node_rank: int = 0  # this node; 0 runs the API and rank 0, k > 0 only its ranks
+    dist_init_addr: str | None = None  # HOST:PORT of node 0 (store; control on PORT + 1)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

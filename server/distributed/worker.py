@@ -1,5 +1,8 @@
 """A tensor-parallel rank > 0: builds its shard of the model and KV pages, then runs every
-forward rank 0 sends it (`python -m server.distributed.worker`, driven by `WorkerPool`)."""
+forward rank 0 sends it (`python -m server.distributed.worker`). Its first stdin message says how
+rank 0 reaches it: a `RankSpec` (a local rank of rank 0's node: control stays on stdin/stdout)
+or a `Join` (a rank of another node, started by `server.distributed.node`: control moves to a
+TCP connection to rank 0, and end-of-file on stdin means that node process died)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ import dataclasses
 import logging
 import os
 import pickle
+import socket
 import sys
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +36,7 @@ class RankSpec:
     model_dir: str
     rank: int
     world_size: int
+    store_host: str
     store_port: int
     backend: str  # torch.distributed backend: gloo (cpu) | nccl (cuda)
     device: str  # this rank's device, e.g. cpu or cuda:1
@@ -40,6 +47,17 @@ class RankSpec:
     attention_backend: str
     moe_backend: str
     cpu_threads: int | None
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Join:
+    """A rank of node k > 0: connect to rank 0's control port, then get its `RankSpec`."""
+
+    host: str
+    port: int
+    rank: int
+    model_dir: str  # this node's copy of the checkpoint
     timeout_s: float
 
 
@@ -79,7 +97,7 @@ def _serve(spec: RankSpec, inbox: BinaryIO, outbox: BinaryIO) -> None:
         torch.cuda.set_device(device)
     elif spec.cpu_threads:
         torch.set_num_threads(spec.cpu_threads)
-    store = dist.TCPStore("127.0.0.1", spec.store_port, spec.world_size, is_master=False,
+    store = dist.TCPStore(spec.store_host, spec.store_port, spec.world_size, is_master=False,
                           timeout=timedelta(seconds=spec.timeout_s))
     _send(outbox, ("hello", None))
     init_group(spec, store)
@@ -108,6 +126,32 @@ def _serve(spec: RankSpec, inbox: BinaryIO, outbox: BinaryIO) -> None:
     dist.destroy_process_group()
 
 
+def _connect(join: Join) -> tuple[RankSpec, BinaryIO, BinaryIO]:
+    """Connect to rank 0 (retrying until it listens), say which rank this is, get the spec."""
+    deadline = time.monotonic() + join.timeout_s
+    while True:
+        try:
+            sock = socket.create_connection((join.host, join.port), timeout=5)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    inbox, outbox = sock.makefile("rb"), sock.makefile("wb")
+    _send(outbox, ("join", join.rank))
+    spec: RankSpec = pickle.load(inbox)
+    log.info("tensor-parallel rank %d joined rank 0 at %s:%d", join.rank, join.host, join.port)
+    return dataclasses.replace(spec, model_dir=join.model_dir), inbox, outbox
+
+
+def _exit_with_parent() -> None:
+    while os.read(0, 4096):  # raw reads (no buffer lock held at shutdown) until end-of-file
+        pass
+    os._exit(1)  # the node process is gone
+
+
 def main() -> None:
     # stdout carries pickled messages only: anything printed goes to stderr instead
     outbox = os.fdopen(os.dup(1), "wb")
@@ -115,7 +159,17 @@ def main() -> None:
     inbox = sys.stdin.buffer
     logging.basicConfig(level=os.environ.get("UNMASK_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec: RankSpec = pickle.load(inbox)
+    first: RankSpec | Join = pickle.load(inbox)
+    if isinstance(first, Join):
+        threading.Thread(target=_exit_with_parent, daemon=True).start()
+        try:
+            spec, inbox, outbox = _connect(first)
+        except (OSError, EOFError) as e:
+            log.error("tensor-parallel rank %d: cannot reach rank 0 at %s:%d: %s",
+                      first.rank, first.host, first.port, e)
+            sys.exit(1)
+    else:
+        spec = first
     try:
         _serve(spec, inbox, outbox)
     except Exception as e:  # noqa: BLE001 - reported to rank 0, then this rank exits
@@ -125,5 +179,7 @@ def main() -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run the imported module's main: one class for Join/RankSpec
+    from server.distributed.worker import main as module_main
+
+    module_main()

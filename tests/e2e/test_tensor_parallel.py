@@ -1,20 +1,27 @@
 """Tensor/expert parallelism on CPU (gloo, two engine processes): greedy tokens equal the
 single-process engine's token for token, in both decoding modes, and `unmask serve
---tensor-parallel-size 2` serves them over HTTP and leaves no rank behind on shutdown."""
+--tensor-parallel-size 2` serves them over HTTP and leaves no rank behind on shutdown, also
+with the two ranks on two simulated nodes (`--nnodes 2`, two `unmask serve` processes)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from server.cli import main
 from server.core import SamplingParams
 from server.engine.llm import LLM
 from server.model.config import ModelConfig
 from tests.e2e.engine_harness import make_engine, make_prompt, run
-from tests.e2e.server_harness import RemoteServer
+from tests.e2e.server_harness import RemoteServer, free_port
 
 
 def _requests(model_dir: Path) -> list[tuple]:
@@ -74,3 +81,86 @@ def test_serve_tp2(tiny_llada2_peaky: Path) -> None:
             return
         time.sleep(0.2)
     pytest.fail("a process of the tensor-parallel server outlived it")
+
+
+def test_serve_two_nodes(tiny_llada2_peaky: Path, tmp_path: Path) -> None:
+    """`--nnodes 2` on one machine: node 1 (ranks only, no HTTP) and node 0 (API + rank 0)
+    as two `unmask serve` processes; text equals the single-process engine's, and SIGTERM to
+    node 0 ends node 1 too (its rank reads end-of-file on the control socket)."""
+    prompts = ["def fib(n):", "The capital of France is"]
+    want = [o.text for o in LLM(str(tiny_llada2_peaky), device="cpu", num_pages=256)
+            .generate(prompts, SamplingParams(max_tokens=40))]
+    port = _free_port_pair()
+    group = ["--tensor-parallel-size", "2", "--nnodes", "2", "--dist-init-addr",
+             f"127.0.0.1:{port}", "--num-pages", "256"]
+    unmask = str(Path(sys.executable).parent / "unmask")
+    with open(tmp_path / "node1.log", "w") as log:
+        node1 = subprocess.Popen([unmask, "serve", str(tiny_llada2_peaky), *group,
+                                  "--node-rank", "1", "--port", "1"],  # no API: port unused
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        srv = RemoteServer(tiny_llada2_peaky, *group, "--node-rank", "0")
+        try:
+            client = srv.client()
+            got = [client.completions.create(model="tiny", prompt=p, max_tokens=40,
+                                             temperature=0).choices[0].text for p in prompts]
+        finally:
+            code = srv.stop()
+        assert got == want
+        assert code == 0
+        assert node1.wait(15) == 0, (tmp_path / "node1.log").read_text()[-3000:]
+    finally:
+        if node1.poll() is None:
+            os.killpg(node1.pid, signal.SIGKILL)
+            node1.wait(5)
+
+
+def test_node_sigterm_stops_its_ranks(tiny_llada2: Path, tmp_path: Path) -> None:
+    """Node k > 0 exits on SIGTERM, with its ranks, even while rank 0 never came up."""
+    unmask = str(Path(sys.executable).parent / "unmask")
+    log = tmp_path / "node1.log"
+    with open(log, "w") as f:
+        node1 = subprocess.Popen([unmask, "serve", str(tiny_llada2), "--tp", "2", "--nnodes",
+                                  "2", "--node-rank", "1", "--dist-init-addr",
+                                  f"127.0.0.1:{_free_port_pair()}"],
+                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while "joining" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)  # then its rank retries rank 0's control port
+    assert node1.poll() is None, log.read_text()
+    node1.send_signal(signal.SIGTERM)
+    try:
+        assert node1.wait(15) == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(node1.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        pytest.fail("a rank of node 1 outlived it")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node1.pid, signal.SIGKILL)
+
+
+def test_inconsistent_topology_is_refused(tiny_llada2: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(tiny_llada2), "--tp", "3", "--nnodes", "2", "--node-rank", "1",
+                 "--dist-init-addr", "127.0.0.1:1"]) == 2
+    assert "must be a multiple of --nnodes 2" in capsys.readouterr().err
+    assert main(["serve", str(tiny_llada2), "--tp", "2", "--nnodes", "2"]) == 2
+    assert "needs --dist-init-addr" in capsys.readouterr().err
+
+
+def _free_port_pair() -> int:
+    """A port P with P and P + 1 free (the store and the control listener)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of ports")
