@@ -15,8 +15,6 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = ["cpu-demo", "gpu", "gpu-tp4", "multinode"]
 KUSTOMIZATIONS = sorted(str(p.parent.relative_to(K8S)) for p in K8S.rglob("kustomization.yaml"))
-# Flags the manifests use that `unmask serve` does not have yet (see deploy/README.md).
-PENDING_FLAGS = {"nnodes", "node-rank", "dist-init-addr"}
 
 
 @cache
