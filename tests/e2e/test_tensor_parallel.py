@@ -58,10 +58,18 @@ def test_tp_size_beyond_kv_heads_is_refused(tiny_llada2: Path) -> None:
         make_engine(tiny_llada2, tensor_parallel_size=2 * nkv)
 
 
-def test_serve_tp2(tiny_llada2_peaky: Path) -> None:
-    prompts = ["def fib(n):", "The capital of France is"]
-    want = [o.text for o in LLM(str(tiny_llada2_peaky), device="cpu", num_pages=256)
-            .generate(prompts, SamplingParams(max_tokens=40))]
+PROMPTS = ["def fib(n):", "The capital of France is"]
+
+
+@pytest.fixture(scope="module")
+def single_texts(tiny_llada2_peaky: Path) -> list[str]:
+    """The offline single-process engine's greedy texts for PROMPTS."""
+    return [o.text for o in LLM(str(tiny_llada2_peaky), device="cpu", num_pages=256)
+            .generate(PROMPTS, SamplingParams(max_tokens=40))]
+
+
+def test_serve_tp2(tiny_llada2_peaky: Path, single_texts: list[str]) -> None:
+    prompts, want = PROMPTS, single_texts
     srv = RemoteServer(tiny_llada2_peaky, "--tensor-parallel-size", "2", "--num-pages", "256")
     try:
         client = srv.client()
@@ -83,13 +91,12 @@ def test_serve_tp2(tiny_llada2_peaky: Path) -> None:
     pytest.fail("a process of the tensor-parallel server outlived it")
 
 
-def test_serve_two_nodes(tiny_llada2_peaky: Path, tmp_path: Path) -> None:
+def test_serve_two_nodes(tiny_llada2_peaky: Path, single_texts: list[str],
+                         tmp_path: Path) -> None:
     """`--nnodes 2` on one machine: node 1 (ranks only, no HTTP) and node 0 (API + rank 0)
     as two `unmask serve` processes; text equals the single-process engine's, and SIGTERM to
-    node 0 ends node 1 too (its rank reads end-of-file on the control socket)."""
-    prompts = ["def fib(n):", "The capital of France is"]
-    want = [o.text for o in LLM(str(tiny_llada2_peaky), device="cpu", num_pages=256)
-            .generate(prompts, SamplingParams(max_tokens=40))]
+    node 0 ends node 1 too (its rank is told to stop over the control socket)."""
+    prompts, want = PROMPTS, single_texts
     port = _free_port_pair()
     group = ["--tensor-parallel-size", "2", "--nnodes", "2", "--dist-init-addr",
              f"127.0.0.1:{port}", "--num-pages", "256"]
