@@ -1,4 +1,5 @@
-"""Server lifecycle: client disconnects abort work and free pages; SIGTERM drains."""
+"""Server lifecycle: client disconnects (a storm of 200) abort work and free pages; SIGTERM
+drains."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_disconnect_storm_frees_everything(tiny_llada2: Path) -> None:
                         return
 
         async def storm() -> None:
-            await asyncio.gather(*(cut_off(i, streaming=i % 5 != 0) for i in range(50)))
+            await asyncio.gather(*(cut_off(i, streaming=i % 5 != 0) for i in range(200)))
 
         asyncio.run(storm())
         gauges = ("unmask:num_requests_running", "unmask:num_requests_waiting",
