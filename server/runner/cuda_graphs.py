@@ -19,9 +19,10 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from server.core import Batch
-from server.runner.attention import AttentionContext, TorchAttention, _TorchMeta
+from server.runner.attention import AttentionContext, KVCache, TorchAttention, _TorchMeta
 from server.runner.forward_batch import ForwardBatch, build_forward_batch
 from server.runner.model_runner import ModelRunner
 
@@ -29,6 +30,22 @@ log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 KEY_BUCKETS = (256, 512, 1024, 2048, 4096, 8192)
+
+
+class _StaticAttention(TorchAttention):
+    """The torch backend's math with every query row valid: rows come back by reshape, not by
+    a boolean index (which would read a count back to the host and break capture)."""
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                kv: KVCache, fb: ForwardBatch, meta: _TorchMeta) -> torch.Tensor:
+        # q [T, nh, hd]; k, v [T, nkv, hd] → [T, nh, hd]
+        kv.k[layer].index_copy_(0, fb.slot_mapping, k)
+        kv.v[layer].index_copy_(0, fb.slot_mapping, v)
+        qs = q.view(*meta.q_rows.shape, *q.shape[1:]).transpose(1, 2)  # [S', nh, B, hd]
+        ks = kv.k[layer][meta.kv_slots].transpose(1, 2)  # [S', nkv, K', hd]
+        vs = kv.v[layer][meta.kv_slots].transpose(1, 2)
+        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=meta.mask, enable_gqa=True)
+        return out.transpose(1, 2).reshape(q.shape)
 
 
 @dataclass
@@ -55,7 +72,7 @@ class GraphedDenoiseRunner:
         self.pool: tuple[int, int] | None = None
         self.enabled = True
         self.capture = capture  # False: run the static computation without a graph (CPU)
-        self._attn = TorchAttention()
+        self._attn = _StaticAttention()
         self.replays = 0  # denoise steps served by a graph (tests, metrics)
 
     def forward(self, batch: Batch) -> torch.Tensor:
