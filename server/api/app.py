@@ -92,12 +92,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="unmask", version=VERSION, lifespan=lifespan)
     app.state.unmask = state
     _install_errors(app)
-    if settings.cors_origins:
+    app.add_middleware(Guard, state=state)
+    if settings.cors_origins:  # outermost: preflights carry no API key
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["*"])
-    app.add_middleware(Guard, state=state)
     _install_routes(app, state)
     return app
 
