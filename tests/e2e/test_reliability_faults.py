@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,34 +31,41 @@ def _complete(srv: RemoteServer, prompt: list[int], max_tokens: int, stream: boo
         "return_token_ids": True})
 
 
-def test_poisoned_request_fails_alone(tiny_llada2: Path) -> None:
-    srv = RemoteServer(tiny_llada2, env={"UNMASK_TEST_FAULT_TOKEN": str(MARKER)})
-    try:
-        async def go() -> list[httpx.Response]:
-            async with httpx.AsyncClient(timeout=120, headers=HEADERS) as c:
-                def body(p: list[int]) -> dict[str, object]:
-                    return {"prompt": p, "max_tokens": 48, "ignore_eos": True}
-                normal = [c.post(srv.url + "/v1/completions", json=body([100 + i, 200, 300]))
-                          for i in range(4)]
-                poisoned = c.post(srv.url + "/v1/completions", json=body([150, MARKER, 160]))
-                return await asyncio.gather(poisoned, *normal)
+@pytest.fixture(scope="module")
+def srv(tiny_llada2: Path) -> Iterator[RemoteServer]:
+    """One server for the poisoned-request, overload and KV-exhaustion tests: fault hook on,
+    a 10-page pool, at most 6 requests / 1000 tokens in flight."""
+    s = RemoteServer(tiny_llada2, "--num-pages", "10", "--max-running-requests", "6",
+                     "--max-queued-requests", "6", "--max-queued-tokens", "1000",
+                     env={"UNMASK_TEST_FAULT_TOKEN": str(MARKER)})
+    yield s
+    assert s.stop() == 0
 
-        bad, *good = asyncio.run(go())
-        assert bad.status_code == 500, bad.text
-        err = bad.json()["error"]
-        assert err["type"] == "InternalServerError" and "failed alone" in err["message"]
-        assert "Traceback" not in bad.text
-        for r in good:
-            assert r.status_code == 200, r.text
-            assert r.json()["usage"]["completion_tokens"] == 48
-        # streaming: the error arrives in-stream, the others still finish
-        s = _complete(srv, [MARKER], 8, stream=True)
-        assert s.status_code == 200 and '"InternalServerError"' in s.text
-        assert httpx.get(srv.url + "/health").status_code == 200
-        assert _complete(srv, [101, 102], 8).status_code == 200
-        assert srv.metric("unmask:kv_cache_usage_perc") == 0
-    finally:
-        assert srv.stop() == 0
+
+def test_poisoned_request_fails_alone(srv: RemoteServer) -> None:
+    async def go() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120, headers=HEADERS) as c:
+            def body(p: list[int]) -> dict[str, object]:
+                return {"prompt": p, "max_tokens": 48, "ignore_eos": True}
+            normal = [c.post(srv.url + "/v1/completions", json=body([100 + i, 200, 300]))
+                      for i in range(4)]
+            poisoned = c.post(srv.url + "/v1/completions", json=body([150, MARKER, 160]))
+            return await asyncio.gather(poisoned, *normal)
+
+    bad, *good = asyncio.run(go())
+    assert bad.status_code == 500, bad.text
+    err = bad.json()["error"]
+    assert err["type"] == "InternalServerError" and "failed alone" in err["message"]
+    assert "Traceback" not in bad.text
+    for r in good:
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 48
+    # streaming: the error arrives in-stream, the others still finish
+    s = _complete(srv, [MARKER], 8, stream=True)
+    assert s.status_code == 200 and '"InternalServerError"' in s.text
+    assert httpx.get(srv.url + "/health").status_code == 200
+    assert _complete(srv, [101, 102], 8).status_code == 200
+    assert srv.metric("unmask:kv_cache_usage_perc") == 0
 
 
 def test_isolation_keeps_the_others_exact(tiny_llada2: Path,
@@ -119,60 +127,51 @@ def test_engine_death_is_503_and_errors_in_flight(tiny_llada2: Path) -> None:
         srv.stop()
 
 
-def test_overload_sheds_with_503_and_admitted_succeed(tiny_llada2: Path) -> None:
-    # capacity 4 requests / 400 tokens; 40 clients arrive at once (10x)
-    srv = RemoteServer(tiny_llada2, "--max-queued-requests", "4",
-                       "--max-queued-tokens", "400")
-    try:
-        async def go() -> list[int]:
-            client = srv.async_client()
+def test_overload_sheds_with_503_and_admitted_succeed(srv: RemoteServer) -> None:
+    # capacity 6 requests / 1000 tokens; 60 clients arrive at once (10x)
+    async def go() -> list[int]:
+        client = srv.async_client()
 
-            async def one(i: int) -> int:
-                try:
-                    r = await client.completions.create(
-                        model="tiny", prompt=[100 + i, 200], max_tokens=64,
-                        extra_body={"ignore_eos": True})
-                    assert r.usage.completion_tokens == 64
-                    return 200
-                except openai.InternalServerError as e:
-                    assert e.status_code == 503 and e.response.headers["retry-after"]
-                    assert e.body["type"] == "ServiceUnavailableError"
-                    return 503
-            return await asyncio.gather(*(one(i) for i in range(40)))
+        async def one(i: int) -> int:
+            try:
+                r = await client.completions.create(
+                    model="tiny", prompt=[100 + i, 200], max_tokens=64,
+                    extra_body={"ignore_eos": True})
+                assert r.usage.completion_tokens == 64
+                return 200
+            except openai.InternalServerError as e:
+                assert e.status_code == 503 and e.response.headers["retry-after"]
+                assert e.body["type"] == "ServiceUnavailableError"
+                return 503
+        return await asyncio.gather(*(one(i) for i in range(60)))
 
-        t0 = time.monotonic()
-        codes = asyncio.run(go())
-        assert codes.count(200) >= 4 and codes.count(503) >= 20, codes
-        assert time.monotonic() - t0 < 60
-        # the token cap alone: one request whose prompt + max_tokens exceed it
-        r = _complete(srv, [100], 500)
-        assert r.status_code == 503 and r.headers["retry-after"]
-        assert httpx.get(srv.url + "/health").status_code == 200
-    finally:
-        assert srv.stop() == 0
+    t0 = time.monotonic()
+    codes = asyncio.run(go())
+    assert codes.count(200) >= 6 and codes.count(503) >= 30, codes
+    assert time.monotonic() - t0 < 60
+    # the token cap alone: one request whose prompt + max_tokens exceed it
+    r = _complete(srv, [100] * 10, 995)
+    assert r.status_code == 503 and r.headers["retry-after"]
+    assert httpx.get(srv.url + "/health").status_code == 200
 
 
-def test_kv_exhaustion_preempts_with_identical_tokens(tiny_llada2: Path) -> None:
+def test_kv_exhaustion_preempts_with_identical_tokens(srv: RemoteServer) -> None:
     # 6 requests of 4-5 pages each against a 10-page pool: about 2.7x the pool at once
-    srv = RemoteServer(tiny_llada2, "--num-pages", "10", "--max-running-requests", "6")
-    try:
-        prompts = [[100 + i] * (40 + 9 * i) for i in range(6)]
+    prompts = [[100 + i] * (40 + 9 * i) for i in range(6)]
 
-        async def together() -> list[httpx.Response]:
-            async with httpx.AsyncClient(timeout=300, headers=HEADERS) as c:
-                return await asyncio.gather(*(c.post(
-                    srv.url + "/v1/completions", json={"prompt": p, "max_tokens": 64,
-                                                       "ignore_eos": True,
-                                                       "return_token_ids": True})
-                    for p in prompts))
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=300, headers=HEADERS) as c:
+            return await asyncio.gather(*(c.post(
+                srv.url + "/v1/completions", json={"prompt": p, "max_tokens": 64,
+                                                   "ignore_eos": True,
+                                                   "return_token_ids": True})
+                for p in prompts))
 
-        crowd = asyncio.run(together())
-        assert srv.metric("unmask:num_preemptions_total", 0) > 0
-        for p, r in zip(prompts, crowd, strict=True):
-            alone = _complete(srv, p, 64)
-            assert r.status_code == alone.status_code == 200, r.text
-            assert (r.json()["choices"][0]["token_ids"]
-                    == alone.json()["choices"][0]["token_ids"])
-        assert srv.metric("unmask:kv_cache_usage_perc") == 0
-    finally:
-        assert srv.stop() == 0
+    crowd = asyncio.run(together())
+    assert srv.metric("unmask:num_preemptions_total", 0) > 0
+    for p, r in zip(prompts, crowd, strict=True):
+        alone = _complete(srv, p, 64)
+        assert r.status_code == alone.status_code == 200, r.text
+        assert (r.json()["choices"][0]["token_ids"]
+                == alone.json()["choices"][0]["token_ids"])
+    assert srv.metric("unmask:kv_cache_usage_perc") == 0
