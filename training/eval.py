@@ -93,7 +93,9 @@ def quality(llm: LLM, examples: list[data.ChatExample], threshold: float = 0.95,
     params = SamplingParams(max_tokens=max_tokens, threshold=threshold)
     outs = _chat_all(llm, code + tools, params)
     res: dict[str, Any] = {"n_code": len(code), "n_tool": len(tools)}
-    gens = [o.text for o in outs]
+    # tool-call tags are special tokens: decode with them kept, as the server's parser sees it
+    keep = llm.tokenizer.keeping(HermesToolParser.keep_tokens)
+    gens = [keep.decode(o.token_ids) for o in outs]
     gcode, gtool = gens[: len(code)], gens[len(code):]
     res["pass_rate"] = _mean(passes(extract_code(g), e.func or "")
                              for g, e in zip(gcode, code, strict=True))
