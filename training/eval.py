@@ -177,8 +177,7 @@ def tps(dllm: Path, ar: Path, out: Path, concurrency: str, num_prompts: int) -> 
                          "--result-json", str(out / "tps_compare.json")])
     args.ignore_eos = True
     extra = ["--device", "cpu", "--num-pages", "1024"]
-    with LocalServer(dllm, "dllm", *extra, log_dir=out) as a, \
-            LocalServer(ar, "ar", *extra, log_dir=out) as b:
+    with LocalServer(dllm, "dllm", *extra) as a, LocalServer(ar, "ar", *extra) as b:
         args.target = [f"dllm={a.url}", f"ar={b.url}"]
         args.tokenizer = str(dllm)
         results = run_loadtest(args)
