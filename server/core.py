@@ -44,12 +44,15 @@ class SeqStatus(enum.Enum):
     FINISHED = "finished"
 
 
+SAMPLING_EPS = 1e-5  # temperatures below this decode greedily (as vLLM does)
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """Per-request decoding parameters. Validated on construction (ValueError names the field)."""
 
     max_tokens: int = 256
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float = 0.0  # 0 = greedy; below SAMPLING_EPS it is stored as 0
     top_k: int = 0  # <= 0: off
     top_p: float = 1.0  # 1.0: off
     seed: int | None = None  # per-request generator; None draws from the engine's
@@ -67,6 +70,8 @@ class SamplingParams:
             raise bad("max_tokens", f"must be an integer >= 1, got {self.max_tokens!r}")
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise bad("temperature", f"must be a finite number >= 0, got {self.temperature!r}")
+        if self.temperature < SAMPLING_EPS:  # logits / 5e-324 overflow to inf: greedy instead
+            object.__setattr__(self, "temperature", 0.0)
         if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
             raise bad("top_p", f"must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int):

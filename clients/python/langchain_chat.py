@@ -3,10 +3,12 @@ stream_usage=True for token counts in streams; LangChain sends max_completion_to
 
 from __future__ import annotations
 
-from common import API_KEY, URL
+from common import API_KEY, URL, model_name
 from langchain_openai import ChatOpenAI
+from openai import OpenAI
 
-llm = ChatOpenAI(base_url=URL, api_key=API_KEY, model="default-tiny-llada2",
+llm = ChatOpenAI(base_url=URL, api_key=API_KEY,
+                 model=model_name(OpenAI(base_url=URL, api_key=API_KEY)),
                  max_completion_tokens=64, stream_usage=True, temperature=0)
 print(llm.invoke("Write a haiku about diffusion models.").content)
 for chunk in llm.stream("Count to five."):

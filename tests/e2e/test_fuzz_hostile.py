@@ -54,6 +54,12 @@ def _cases() -> list[tuple[str, str, bytes | dict[str, Any], dict[str, str], int
                                                       "max_completion_tokens": 10**9}, {}, 400),
         ("NaN temperature", c, b'{"prompt": "x", "temperature": NaN}', {}, 400),
         ("Infinity temperature", c, b'{"prompt": "x", "temperature": Infinity}', {}, 400),
+        # found by schemathesis: logits / 5e-324 overflow; such temperatures decode greedily
+        ("denormal temperature", c, {"prompt": "x", "temperature": 5e-324, "max_tokens": 4}, {},
+         200),
+        ("denormal temperature, chat", ch,
+         {"messages": [{"role": "user", "content": "x"}], "temperature": 1e-300,
+          "max_tokens": 4}, {}, 200),
         ("-Infinity top_p", c, b'{"prompt": "x", "top_p": -Infinity}', {}, 400),
         ("10,000 stop strings", c, {"prompt": "x", "stop": [f"s{i}" for i in range(10_000)]},
          {}, 400),
