@@ -1,24 +1,26 @@
-"""A small registry per op: name → lazy factory. Backends are chosen once, by name or 'auto'.
+"""A small registry per op: name → "module:attribute", imported only when chosen. Backends are
+chosen once, by name or 'auto'.
 
-Factories import their heavy dependency (Triton, flashinfer) only when called, so a CPU box
+Nothing heavy (Triton, flashinfer) is imported until a backend is resolved, so a CPU box
 imports every module. On a CPU device a Triton backend runs only under `TRITON_INTERPRET=1`
 (the interpreter executes the same kernels with numpy; slow, for tests)."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-_OPS: dict[str, dict[str, Callable[[], Any]]] = {}
+_OPS: dict[str, dict[str, str]] = {}
 
 
-def register(op: str, name: str, factory: Callable[[], Any]) -> None:
-    _OPS.setdefault(op, {})[name] = factory
+def register(op: str, name: str, target: str) -> None:
+    """`target` is "package.module:attribute"."""
+    _OPS.setdefault(op, {})[name] = target
 
 
 def available(op: str) -> list[str]:
@@ -42,6 +44,7 @@ def resolve(op: str, name: str, device_type: str) -> tuple[str, Any]:
     if name == "triton" and not triton_usable(device_type):
         raise ValueError(f"{op} backend 'triton' needs CUDA or TRITON_INTERPRET=1 on "
                          f"{device_type} (and the triton package)")
-    impl = impls[name]()
+    module, attr = impls[name].split(":")
+    impl = getattr(importlib.import_module(module), attr)
     log.info("%s backend: %s (%s)", op, name, device_type)
     return name, impl

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from server.model.llada2_moe import Ling2MoeForward
-from server.tiny.tokenizer import write_tokenizer_files
+from server.tiny.tokenizer import train_bpe, write_tokenizer_files
 from training import data
 from training.datasets import Packed, SftRow, code_docs, pack, sft_batch, sft_batches, sft_rows
 from training.model import ExpertBalancer, build, save_weights, training_config
 from training.objectives import ar_loss, complementary, diffusion_loss, sample_masks
-from training.tokenizer import ChatRenderer, train_tokenizer
+from training.tokenizer import ChatRenderer
 
 
 @dataclass
@@ -161,10 +161,10 @@ def run(out: Path, scale: str = "full", work: Path | None = None, log_path: Path
     chat_train, chat_val = data.split(data.chat_examples(sc.seed, sc.per_func, sc.per_tool),
                                       sc.seed, 0.1)
     docs_train, docs_val = data.split(data.stdlib_corpus(sc.corpus_chars, sc.seed), sc.seed, 0.05)
-    bootstrap = train_tokenizer(docs_train[:50], 512)
+    bootstrap = train_bpe(docs_train[:50], 512)
     renderer = ChatRenderer(bootstrap)
     chat_text = [renderer.render(e.messages, e.tools) for e in chat_train]
-    tok = train_tokenizer(docs_train + code_docs(1) + chat_text, sc.vocab_size)
+    tok = train_bpe(docs_train + code_docs(1) + chat_text, sc.vocab_size)
     renderer = ChatRenderer(tok)
     eos, mask_id = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|mask|>")
     vocab = -(-tok.get_vocab_size() // 64) * 64

@@ -1,30 +1,15 @@
-"""The shared BPE tokenizer (byte-level, LLaDA2 special tokens and chat template from
-`server.tiny`) and chat rendering through the same template the server applies."""
+"""Chat rendering for training data through the template the server applies. The tokenizer
+itself is `server.tiny.tokenizer.train_bpe` (byte-level BPE, LLaDA2 special tokens)."""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
-from server.tiny.tokenizer import SPECIAL_TOKENS, write_tokenizer_files
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Deterministic for the same texts in the same order."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS), min_frequency=2, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return tok
+from server.tiny.tokenizer import write_tokenizer_files
 
 
 class ChatRenderer:

@@ -5,22 +5,7 @@ implementation: (x [T, H], ids [T, k] long, weights [T, k] fp32, w13 [E, 2I, H],
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..registry import register
 
-
-def _torch() -> Any:
-    from .ref import experts_loop
-
-    return experts_loop
-
-
-def _triton() -> Any:
-    from .triton_moe import grouped_experts
-
-    return grouped_experts
-
-
-register("moe", "torch", _torch)
-register("moe", "triton", _triton)
+register("moe", "torch", "unmask_kernels.moe.ref:experts_loop")
+register("moe", "triton", "unmask_kernels.moe.triton_moe:grouped_experts")

@@ -4,6 +4,7 @@ special tokens and chat template, written as Hugging Face tokenizer files."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
@@ -17,8 +18,9 @@ SPECIAL_TOKENS = (
 )
 
 
-@cache
-def _trained_json(vocab_size: int) -> str:
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE with the special tokens appended; same texts in the same order → same
+    tokenizer."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -26,10 +28,15 @@ def _trained_json(vocab_size: int) -> str:
         vocab_size=vocab_size - len(SPECIAL_TOKENS), min_frequency=2, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    text = (HERE / "corpus.txt").read_text(encoding="utf-8")
-    tok.train_from_iterator([p for p in text.split("\n\n") if p], trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return tok.to_str()
+    return tok
+
+
+@cache
+def _trained_json(vocab_size: int) -> str:
+    text = (HERE / "corpus.txt").read_text(encoding="utf-8")
+    return train_bpe([p for p in text.split("\n\n") if p], vocab_size).to_str()
 
 
 def build_tokenizer(vocab_size: int = 1024) -> Tokenizer:
