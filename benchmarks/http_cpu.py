@@ -9,8 +9,8 @@ clients keeping it full. Both report output tokens per second over the whole run
 The load generator shares the box with the server. `--client raw` (default) speaks keep-alive
 HTTP/1.1 over asyncio streams and costs little CPU; `--client httpx` uses httpx, which on a
 2-core box costs more CPU per request than the server does and, at each wave of 64 requests
-finishing together, delays the next wave by up to a second — that is then the load
-generator's limit, not the server's (`http_steps` vs `offline_steps` shows it: partial batches).
+finishing together, delays the next wave — that is then the load generator's limit, not
+the server's (`http_steps` vs `offline_steps` shows it: partial batches).
 
 On CPU the engine process runs torch on `cores - 1` threads and leaves a core to the API
 process, so the offline engine is also timed at that thread count (`offline_same_threads`):
