@@ -16,7 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--scale", default="full", choices=["full", "toy"])
     r.add_argument("--work", default=None, help="non-shipped outputs (no-CAP checkpoint)")
     r.add_argument("--threads", type=int, default=2)
-    r.add_argument("--max-stage-s", type=float, default=None, help="wall cap per stage")
+    r.add_argument("--caps", default=None,
+                   help="wall caps in seconds per stage, e.g. ar_pretrain=600,sft_cap=1800 "
+                        "(stages: ar_pretrain, ar_sft, convert, sft_cap; the no-CAP SFT "
+                        "repeats sft_cap's step count)")
     r.add_argument("--log", default=None, help="JSON-lines training log")
     sub.add_parser("eval", help="evaluate exported checkpoints (see training/eval.py)")
     argv = sys.argv[1:] if argv is None else argv
@@ -27,8 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from training import pipeline
 
-    if args.max_stage_s is not None:
-        pipeline.SCALES[args.scale].max_stage_s = args.max_stage_s
+    if args.caps:
+        caps = dict(kv.split("=") for kv in args.caps.split(","))
+        unknown = set(caps) - {"ar_pretrain", "ar_sft", "convert", "sft_cap"}
+        if unknown:
+            p.error(f"unknown stage in --caps: {sorted(unknown)}")
+        pipeline.SCALES[args.scale].caps.update({k: float(v) for k, v in caps.items()})
     summary = pipeline.run(Path(args.out), args.scale, Path(args.work) if args.work else None,
                            Path(args.log) if args.log else None, args.threads)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}, default=str))

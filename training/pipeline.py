@@ -41,7 +41,9 @@ class Scale:
     noise_std: float = 0.1
     sft_steps: int = 300
     sft_block: int = 32
-    mask_band: tuple[float, float] = (0.2, 0.9)
+    mask_band: tuple[float, float] = (0.2, 0.9)  # conversion
+    # SFT reaches t = 1: every block's first denoise step sees its response fully masked
+    sft_band: tuple[float, float] = (0.3, 1.0)
     cap_lambda: float = 0.5
     lr: float = 3e-3
     sft_lr: float = 1e-3
@@ -65,10 +67,10 @@ TOY_SHAPE = dict(hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
                  num_experts_per_tok=2, n_group=1, topk_group=1, num_shared_experts=1,
                  max_position_embeddings=1024, num_hidden_layers=2)
 SCALES = {
-    "full": Scale(FULL_SHAPE, batch=8, ar_steps=100_000, ar_sft_steps=100_000,
-                  convert_steps=100_000, sft_steps=100_000, sft_batch=4, eval_every=20,
-                  per_tool=100, caps={"ar_pretrain": 300, "ar_sft": 270, "convert": 420,
-                                      "sft_cap": 570}),
+    "full": Scale(FULL_SHAPE, batch=8, corpus_chars=6_000_000, ar_steps=100_000,
+                  ar_sft_steps=100_000, convert_steps=100_000, sft_steps=100_000, sft_batch=4,
+                  eval_every=50, per_tool=100,
+                  caps={"ar_pretrain": 450, "ar_sft": 600, "convert": 900, "sft_cap": 1500}),
     "toy": Scale(TOY_SHAPE, vocab_size=400, corpus_chars=60_000, seq_len=32, batch=4,
                  sft_batch=4, ar_steps=12, ar_sft_steps=6, convert_steps=10,
                  sft_steps=8, eval_every=3, per_func=1, per_tool=6, lr=1e-2, sft_lr=1e-2,
@@ -132,8 +134,10 @@ def train(model: Ling2MoeForward, steps: int, lr: float, loss_fn: Callable[[floa
             recent = losses[-sc.eval_every:]
             log(stage=stage, step=step, loss=round(sum(recent) / len(recent), 4),
                 val=round(val, 4), s=round(elapsed, 1))
-            if keep is not None:
+            if keep is not None:  # only the top-k by validation loss are held
                 keep.append((val, copy.deepcopy(model.state_dict())))
+                keep.sort(key=lambda x: x[0])
+                del keep[sc.merge_k:]
     return losses
 
 
@@ -278,7 +282,7 @@ def run(out: Path, scale: str = "full", work: Path | None = None, log_path: Path
 
         def sft_loss(p: float, lam: float = lam) -> torch.Tensor:
             b = sft_batch(next_sft(), eos)
-            m, t = sample_masks(b.maskable, sc.sft_block, *sc.mask_band, g)
+            m, t = sample_masks(b.maskable, sc.sft_block, *sc.sft_band, g)
             mc, tc = complementary(m, b.maskable, t)
             ids, doc, mk = (torch.cat([x, x]) for x in (b.ids, b.doc, b.maskable))
             return diffusion_loss(dm, ids, doc, torch.cat([m, mc]), torch.cat([t, tc]),
