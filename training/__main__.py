@@ -1,4 +1,4 @@
-"""`python -m training run|eval ...`."""
+"""`python -m training run|eval|examples ...`."""
 
 from __future__ import annotations
 
@@ -22,11 +22,16 @@ def main(argv: list[str] | None = None) -> int:
                         "repeats sft_cap's step count)")
     r.add_argument("--log", default=None, help="JSON-lines training log")
     sub.add_parser("eval", help="evaluate exported checkpoints (see training/eval.py)")
+    sub.add_parser("examples", help="serve a checkpoint and ask the README's prompts")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["eval"]:
         from training.eval import main as eval_main
 
         return eval_main(argv[1:])
+    if argv[:1] == ["examples"]:
+        from training.examples import main as examples_main
+
+        return examples_main(argv[1:])
     args = p.parse_args(argv)
     from training import pipeline
 

@@ -72,3 +72,25 @@ def test_training_forward_matches_the_reference_on_the_export(toy: tuple[Path, d
     blocks = torch.arange(16) // 8
     ref = load_reference(d).forward(ids[0], blocks[None, :] <= blocks[:, None])
     torch.testing.assert_close(ours, ref, atol=2e-4, rtol=2e-4)
+
+
+def test_examples_command_serves_the_export_and_records_every_exchange(
+        toy: tuple[Path, dict], tmp_path: Path) -> None:
+    from training.examples import CODE, TOOL_ASKS, main
+
+    out = tmp_path / "served.jsonl"
+    assert main(["--model", str(toy[0] / "llada2"), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(CODE) + 2 * len(TOOL_ASKS) + 1
+    assert all(r["finish"] in ("stop", "length", "tool_calls") for r in rows)
+    # tool_choice "required": the server's grammar forces a call to an offered tool (the toy
+    # model may run out of tokens inside the arguments); a finished call is exactly one
+    required = [r for r in rows if r.get("tool_choice") == "required"]
+    assert len(required) == len(TOOL_ASKS)
+    for r in required:
+        if r["finish"] == "tool_calls":
+            assert len(r["tool_calls"]) == 1 and r["tool_calls"][0]["name"] in r["tools"]
+            json.loads(r["tool_calls"][0]["arguments"])
+        else:
+            name = json.loads(r["content"].split("\n")[1].split(', "arguments"')[0] + "}")
+            assert name["name"] in r["tools"], r
