@@ -231,6 +231,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
     def serving() -> OpenAIServing:
         if state.serving is None:
             raise APIError(503, "the model is still loading", headers={"Retry-After": "5"})
+        if not state.engine.is_alive():  # new work after an engine death: another replica
+            raise APIError(503, "the engine is not running")
         return state.serving
 
     @app.get("/health")
