@@ -85,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queued_requests=args.max_queued_requests,
         in_process_engine=args.in_process_engine,
         max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.body_timeout,
         tool_call_parser=args.tool_call_parser,
         limits=RequestLimits(args.max_n, args.max_tokens_limit, args.max_stop_strings,
                              args.max_stop_length, args.max_tool_schema_bytes),
@@ -149,6 +150,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--in-process-engine", action="store_true",
                    help="step the engine on a thread of the API process")
     s.add_argument("--max-body-bytes", type=int, default=16 << 20)
+    s.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request body may stall between chunks before a 408")
     s.add_argument("--max-queued-tokens", type=int, default=None,
                    help="prompt + max_tokens of in-flight requests beyond which new ones "
                         "get 503")

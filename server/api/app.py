@@ -39,6 +39,7 @@ class ServerSettings:
     max_queued_requests: int | None = None  # waiting + running choices; beyond → 503
     in_process_engine: bool = False
     max_body_bytes: int = 16 << 20  # larger request bodies get 413
+    body_timeout_s: float = 30.0  # a body not complete this long after its last chunk → 408
     tool_call_parser: str = "auto"  # a name in server.api.tools.PARSERS, "auto" or "none"
     limits: RequestLimits = field(default_factory=RequestLimits)
     max_queued_tokens: int | None = None  # prompt + max_tokens of in-flight choices; → 503
@@ -191,18 +192,29 @@ class Guard:
                                                                           tracked)
 
     def _limited(self, receive: Receive, over: list[APIError]) -> Receive:
-        """A body that grows past the limit (chunked uploads included) ends in a 413."""
-        seen = 0
-        limit = self.state.settings.max_body_bytes
+        """A body that grows past the limit (chunked uploads included) ends in a 413; one that
+        stalls for `body_timeout_s` between chunks ends in a 408 and the connection closes."""
+        seen, done = 0, False
+        limit, timeout = self.state.settings.max_body_bytes, self.state.settings.body_timeout_s
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done
+            if done:  # after the body: disconnect detection waits as long as it likes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                over.append(APIError(408, f"request body not received within {timeout:g} s",
+                                     headers={"Connection": "close"}))
+                raise over[-1] from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                done = not message.get("more_body", False)
                 if seen > limit:
                     over.append(APIError(413, f"request body larger than {limit} bytes"))
                     raise over[-1]
+            else:
+                done = True
             return message
 
         return counted

@@ -7,7 +7,8 @@ from typing import Any
 from pydantic import BaseModel
 
 _TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
-          413: "BadRequestError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
+          408: "RequestTimeoutError", 413: "BadRequestError", 500: "InternalServerError",
+          503: "ServiceUnavailableError"}
 
 
 class APIError(Exception):
@@ -44,6 +45,7 @@ class ErrorResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": kind}
     for status, kind in ((400, "invalid request or over a limit"), (401, "bad API key"),
-                         (404, "unknown model"), (413, "request body too large"),
+                         (404, "unknown model"), (408, "request body stalled"),
+                         (413, "request body too large"),
                          (500, "generation failed"), (503, "overloaded, loading or draining"))
 }

@@ -125,7 +125,7 @@ def _slow_loris(port: int, n: int) -> list[socket.socket]:
 
 def test_hostile_inputs(tiny_llada2: Path) -> None:
     srv = RemoteServer(tiny_llada2, "--max-model-len", str(CTX), "--max-n", "2",
-                       "--max-body-bytes", str(2 << 20))
+                       "--max-body-bytes", str(2 << 20), "--body-timeout", "3")
     slow: list[socket.socket] = []
     try:
         slow = _slow_loris(srv.port, 20)
@@ -158,6 +158,14 @@ def test_hostile_inputs(tiny_llada2: Path) -> None:
         assert r.status_code == 200 and time.monotonic() - t0 < 30
         assert httpx.get(srv.url + "/health").status_code == 200
         assert srv.metric("unmask:num_requests_running") == 0
+        # the stalled bodies got a 408 and their connections were closed
+        for s in slow:
+            s.settimeout(30)
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+            assert b"RequestTimeoutError" in reply
     finally:
         for s in slow:
             s.close()
