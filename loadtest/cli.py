@@ -159,6 +159,9 @@ def add_loadtest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--goodput", nargs="*", metavar="KEY:MS")
     p.add_argument("--result-json", default=None)
     p.add_argument("--plot", default=None, metavar="DIR", help="write PNG charts there")
+
+
+def add_soak_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--soak", action="store_true",
                    help="bounded soak of a loopback server: normal traffic mixed with "
                         "disconnects, cancellations and bad requests (see docs/reliability.md)")
@@ -167,26 +170,45 @@ def add_loadtest_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_compare(args: argparse.Namespace) -> int:
-    """Two local servers, a diffusion model and its AR twin, one sweep, one report."""
-    from loadtest.local import LocalServer
+    """Two local servers, a diffusion model and its AR twin, one sweep, one report: the given
+    checkpoints (--dllm/--ar), or a generated tiny pair."""
     from server.tiny import make_tiny_model
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    extra = ["--device", args.device, "--num-pages", str(args.num_pages),
-             "--max-running-requests", str(max(_levels(args.sweep_concurrency) or [64]))]
+    if bool(args.dllm) != bool(args.ar):
+        print("unmask bench compare: give both --dllm and --ar, or neither", file=sys.stderr)
+        return 2
+    if args.dllm:
+        compare_local(Path(args.dllm), Path(args.ar), args)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         kw: dict[str, Any] = {"seed": 0}
         if args.config_of:
             kw |= {"config_of": args.config_of, "dtype": "bfloat16"}
         dllm = make_tiny_model(Path(tmp) / "llada2", arch="llada2", peaky=args.peaky, **kw)
         ar = make_tiny_model(Path(tmp) / "ling2", arch="ling2", **kw)
-        with LocalServer(dllm, "dllm", *extra, log_dir=out) as a, \
-                LocalServer(ar, "ar", *extra, log_dir=out) as b:
-            args.target = [f"dllm={a.url}", f"ar={b.url}"]
-            args.tokenizer = str(dllm)
-            finish(args, run_loadtest(args))
+        compare_local(dllm, ar, args)
     return 0
+
+
+def compare_local(dllm: Path, ar: Path, args: argparse.Namespace,
+                  log_dir: Path | None = None) -> dict[str, list[dict]]:
+    """Serve both checkpoints locally (`args.device`, `args.num_pages`), run the load test
+    against both on one workload, report; the prompts use the diffusion model's tokenizer.
+    Server logs go to `log_dir` (default: `args.out`)."""
+    from loadtest.local import LocalServer
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = ["--device", args.device, "--num-pages", str(args.num_pages),
+             "--max-running-requests", str(max(_levels(args.sweep_concurrency) or [64]))]
+    log_dir = log_dir or out
+    with LocalServer(dllm, "dllm", *extra, log_dir=log_dir) as a, \
+            LocalServer(ar, "ar", *extra, log_dir=log_dir) as b:
+        args.target = [f"dllm={a.url}", f"ar={b.url}"]
+        args.tokenizer = str(dllm)
+        results = run_loadtest(args)
+        finish(args, results)
+    return results
 
 
 def _baseline_sglang(args: argparse.Namespace) -> int:
@@ -211,6 +233,7 @@ def _baseline_sglang(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("loadtest", help="streaming load test of OpenAI-compatible targets")
     add_loadtest_args(p)
+    add_soak_args(p)
     p.set_defaults(handler=_loadtest)
 
     bench = sub.add_parser("bench", help="packaged benchmarks")
@@ -218,6 +241,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c = bsub.add_parser("compare", help="tiny LLaDA2 vs its Ling-2.0 AR twin, side by side")
     add_loadtest_args(c)
     c.add_argument("--out", default="benchmarks/results/compare")
+    c.add_argument("--dllm", default=None, help="diffusion checkpoint (with --ar; default: "
+                                                "a generated tiny pair)")
+    c.add_argument("--ar", default=None, help="its AR twin's checkpoint")
     c.add_argument("--device", default="cpu")
     c.add_argument("--config-of", choices=["mini", "flash"], default=None)
     c.add_argument("--peaky", action="store_true", help="diffusion weights with TPF > 1")

@@ -13,6 +13,7 @@ import json
 import re
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -166,25 +167,18 @@ def val_loss(model_dir: Path, examples: list[data.ChatExample]) -> float:
 
 
 def tps(dllm: Path, ar: Path, out: Path, concurrency: str, num_prompts: int) -> dict:
-    """The load tester's compare sweep against two local servers of the given checkpoints."""
-    from loadtest.cli import add_loadtest_args, finish, run_loadtest
-    from loadtest.local import LocalServer
+    """`unmask bench compare --dllm --ar` on the given checkpoints (CPU, ignore_eos)."""
+    from loadtest.cli import compare_local
+    from server.cli import build_parser
 
-    p = argparse.ArgumentParser()
-    add_loadtest_args(p)
-    args = p.parse_args(["--sweep-concurrency", concurrency, "--num-prompts", str(num_prompts),
-                         "--input-len", "64", "--output-len", "64",
-                         "--result-json", str(out / "tps_compare.json")])
-    args.ignore_eos = True
-    extra = ["--device", "cpu", "--num-pages", "1024"]
-    with LocalServer(dllm, "dllm", *extra) as a, LocalServer(ar, "ar", *extra) as b:
-        args.target = [f"dllm={a.url}", f"ar={b.url}"]
-        args.tokenizer = str(dllm)
-        results = run_loadtest(args)
-        finish(args, results)
-    return {name: [{k: r.get(k) for k in ("concurrency", "output_throughput",
-                                          "request_throughput") if k in r} for r in rs]
-            for name, rs in results.items()}
+    args = build_parser().parse_args([
+        "bench", "compare", "--dllm", str(dllm), "--ar", str(ar), "--out", str(out),
+        "--sweep-concurrency", concurrency, "--num-prompts", str(num_prompts),
+        "--num-pages", "1024", "--result-json", str(out / "tps_compare.json")])
+    results = compare_local(dllm, ar, args, log_dir=Path(tempfile.gettempdir()))
+    keys = ("max_concurrency", "completed", "failed", "output_throughput",
+            "request_throughput", "server_tokens_per_forward")
+    return {name: [{k: r.get(k) for k in keys} for r in rs] for name, rs in results.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,20 @@ def test_compare_mode_writes_json_and_charts(tmp_path: Path) -> None:
         assert img.shape[0] > 100 and img.shape[1] > 100
 
 
+def test_compare_mode_takes_checkpoint_directories(tiny_llada2: Path, tmp_path: Path) -> None:
+    from server.tiny import make_tiny_model
+
+    ar = make_tiny_model(tmp_path / "ling2", arch="ling2", seed=0)
+    out = tmp_path / "cmp"
+    assert main(["bench", "compare", "--dllm", str(tiny_llada2), "--ar", str(ar), "--out",
+                 str(out), "--sweep-concurrency", "2", "--num-prompts", "2", "--output-len",
+                 "8", "--result-json", str(out / "report.json")]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [r["completed"] for r in report["targets"]["dllm"]] == [2]
+    assert [r["completed"] for r in report["targets"]["ar"]] == [2]
+    assert main(["bench", "compare", "--dllm", str(tiny_llada2)]) == 2  # --ar missing
+
+
 def test_failing_targets_are_reported_not_raised(tiny_llada2: Path) -> None:
     items = random_workload(6, 16, 400, 0.0, seed=0)
     refused = Target("refused", f"http://127.0.0.1:{free_port()}/v1", model="m")

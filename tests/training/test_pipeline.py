@@ -94,3 +94,27 @@ def test_examples_command_serves_the_export_and_records_every_exchange(
         else:
             name = json.loads(r["content"].split("\n")[1].split(', "arguments"')[0] + "}")
             assert name["name"] in r["tools"], r
+
+
+def test_eval_command_reports_quality_tpf_table_and_tps(toy: tuple[Path, dict],
+                                                        tmp_path: Path) -> None:
+    from training.eval import BLOCKS, THRESHOLDS, main
+
+    out, _ = toy
+    assert main(["--dllm", str(out / "llada2"), "--ar", str(out / "ling2"), "--nocap",
+                 str(out / "work" / "llada2-nocap"), "--out", str(tmp_path), "--scale", "toy",
+                 "--limit", "2", "--tps-concurrency", "1", "--tps-prompts", "2"]) == 0
+    res = json.loads((tmp_path / "eval.json").read_text())
+    for name in ("dllm_cap", "dllm_nocap", "ar"):
+        q = res[name]["quality"]
+        assert 0 <= q["pass_rate"] <= 1 and 0 <= q["tool_call_valid"] <= 1
+        assert res[name]["val_loss"] > 0
+    for name in ("dllm_cap", "dllm_nocap"):
+        table = res[name]["tpf"]
+        assert len(table) == len(BLOCKS) * len(THRESHOLDS)
+        assert all(c["forwards"] > 0 and c["tokens"] / c["forwards"] == pytest.approx(
+            c["pooled"], abs=1e-3) for c in table.values())
+    # the toy model's 64 forced tokens may all be special (no text chunk → counted failed)
+    assert {name: [(r["max_concurrency"], r["completed"] + r["failed"]) for r in rs]
+            for name, rs in res["tps"].items()} == {"dllm": [(1, 2)], "ar": [(1, 2)]}
+    assert res["tps"]["ar"][0]["output_throughput"] > 0
