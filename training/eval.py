@@ -86,6 +86,20 @@ def tool_call_valid(text: str, tools: list[dict[str, Any]]) -> tuple[bool, str |
     return ok, call.name
 
 
+def tool_call_exact(text: str, ex: data.ChatExample) -> bool:
+    """The first call has the reference's name and exactly its arguments (values included)."""
+    parsed = HermesToolParser().parse(text)
+    want = ex.messages[-1]["tool_calls"][0]["function"]
+    if not parsed.calls or parsed.calls[0].name != want["name"]:
+        return False
+    got = parsed.calls[0].arguments
+    try:
+        return (json.loads(got) if isinstance(got, str) else got) == json.loads(
+            want["arguments"])
+    except (TypeError, ValueError):
+        return False
+
+
 def quality(llm: LLM, examples: list[data.ChatExample], threshold: float = 0.95,
             max_tokens: int = 96) -> dict[str, Any]:
     """Greedy generation on held-out code and tool prompts."""
@@ -107,6 +121,8 @@ def quality(llm: LLM, examples: list[data.ChatExample], threshold: float = 0.95,
     res["tool_name_correct"] = _mean(
         name == e.messages[-1]["tool_calls"][0]["function"]["name"]
         for (_, name), e in zip(tool_res, tools, strict=True))
+    res["tool_call_exact"] = _mean(tool_call_exact(g, e) for g, e in zip(gtool, tools,
+                                                                         strict=True))
     res["samples"] = [{"prompt": e.messages[-2]["content"], "output": g}
                       for e, g in list(zip(code + tools, gens, strict=True))[:6]]
     return res
@@ -235,14 +251,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(res: dict[str, Any]) -> str:
-    lines = ["| model | val loss | pass-rate | exact match | tool-call valid | tool name ok |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | val loss | pass-rate | exact match | tool-call valid | tool name ok | "
+             "tool call exact |", "|---|---|---|---|---|---|---|"]
     for name in ("dllm_cap", "dllm_nocap", "ar"):
         if name in res:
             q = res[name]["quality"]
             lines.append(f"| {name} | {res[name]['val_loss']} | {q['pass_rate']} | "
                          f"{q['exact_match']} | {q['tool_call_valid']} | "
-                         f"{q['tool_name_correct']} |")
+                         f"{q['tool_name_correct']} | {q.get('tool_call_exact')} |")
     lines += ["", "Tokens per forward on held-out code (mean per request / pooled):", "",
               "| model | block | " + " | ".join(f"t={t}" for t in THRESHOLDS) + " |",
               "|---|---|" + "---|" * len(THRESHOLDS)]

@@ -107,7 +107,7 @@ def test_eval_command_reports_quality_tpf_table_and_tps(toy: tuple[Path, dict],
     res = json.loads((tmp_path / "eval.json").read_text())
     for name in ("dllm_cap", "dllm_nocap", "ar"):
         q = res[name]["quality"]
-        assert 0 <= q["pass_rate"] <= 1 and 0 <= q["tool_call_valid"] <= 1
+        assert 0 <= q["pass_rate"] <= 1 and 0 <= q["tool_call_exact"] <= q["tool_call_valid"] <= 1
         assert res[name]["val_loss"] > 0
     for name in ("dllm_cap", "dllm_nocap"):
         table = res[name]["tpf"]
