@@ -182,19 +182,34 @@ def val_loss(model_dir: Path, examples: list[data.ChatExample]) -> float:
                          SCALES["full"]), 4)
 
 
-def tps(dllm: Path, ar: Path, out: Path, concurrency: str, num_prompts: int) -> dict:
-    """`unmask bench compare --dllm --ar` on the given checkpoints (CPU, ignore_eos)."""
+def tps(dllm: Path, ar: Path, out: Path, concurrency: str, num_prompts: int,
+        examples: list[data.ChatExample]) -> dict:
+    """`unmask bench compare --dllm --ar` on the given checkpoints (CPU), twice: the held-out
+    code prompts as chat requests that stop where the model stops (≤ 96 tokens), and random
+    64-token prompts with 64 forced output tokens (`ignore_eos`)."""
     from loadtest.cli import compare_local
     from server.cli import build_parser
 
-    args = build_parser().parse_args([
-        "bench", "compare", "--dllm", str(dllm), "--ar", str(ar), "--out", str(out),
-        "--sweep-concurrency", concurrency, "--num-prompts", str(num_prompts),
-        "--num-pages", "1024", "--result-json", str(out / "tps_compare.json")])
-    results = compare_local(dllm, ar, args, log_dir=Path(tempfile.gettempdir()))
+    code = [e for e in examples if e.kind in CODE_KINDS]
+    heldout = out / "heldout_code_prompts.jsonl"
+    heldout.write_text("".join(json.dumps({"messages": e.messages[:-1], "max_tokens": 96})
+                               + "\n" for e in code))
+    runs = {"heldout": ["--workload", "jsonl", "--dataset-path", str(heldout), "--endpoint",
+                        "chat", "--num-prompts", str(len(code))],
+            "random": ["--num-prompts", str(num_prompts)]}
     keys = ("max_concurrency", "completed", "failed", "output_throughput",
             "request_throughput", "server_tokens_per_forward")
-    return {name: [{k: r.get(k) for k in keys} for r in rs] for name, rs in results.items()}
+    summary = {}
+    for name, extra in runs.items():
+        args = build_parser().parse_args([
+            "bench", "compare", "--dllm", str(dllm), "--ar", str(ar), "--out", str(out),
+            "--sweep-concurrency", concurrency, "--num-pages", "1024",
+            "--result-json", str(out / f"tps_{name}.json"), *extra])
+        args.ignore_eos = name == "random"
+        results = compare_local(dllm, ar, args, log_dir=Path(tempfile.gettempdir()))
+        summary[name] = {t: [{k: r.get(k) for k in keys} for r in rs]
+                         for t, rs in results.items()}
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({name: {k: v for k, v in res[name].items() if k != "quality"}}),
               flush=True)
     if not a.skip_tps:
-        res["tps"] = tps(Path(a.dllm), Path(a.ar), out, a.tps_concurrency, a.tps_prompts)
+        res["tps"] = tps(Path(a.dllm), Path(a.ar), out, a.tps_concurrency, a.tps_prompts, exs)
     res["wall_s"] = round(time.monotonic() - t0, 1)
     (out / "eval.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     print(markdown(res))
