@@ -78,6 +78,9 @@ SCALES = {
 }
 
 
+Snapshot = tuple[float, int, dict]  # (validation loss, step, state dict)
+
+
 @dataclass
 class Log:
     path: Path | None
@@ -104,12 +107,13 @@ def lr_at(progress: float, peak: float) -> float:
 
 def train(model: Ling2MoeForward, steps: int, lr: float, loss_fn: Callable[[float], torch.Tensor],
           val_fn: Callable[[], float], sc: Scale, log: Log, stage: str,
-          keep: list[tuple[float, dict]] | None = None, cap_s: float | None = None
-          ) -> list[float]:
+          keep: list[Snapshot] | None = None, cap_s: float | None = None,
+          keep_at: set[int] | None = None) -> list[float]:
     """AdamW loop. Progress = max(step / steps, elapsed / cap_s): the LR schedule (and the
     caller's loss schedule) follow it, and the stage ends at 1, so a wall-clock cap still
     completes the decay. Every `eval_every` steps: validation loss, and (if `keep`) a snapshot
-    for the top-k merge. Returns the training losses."""
+    for the top-k merge: the best k by validation loss, or exactly the steps in `keep_at`.
+    Returns the training losses."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     bal = ExpertBalancer(model)
     losses: list[float] = []
@@ -134,19 +138,22 @@ def train(model: Ling2MoeForward, steps: int, lr: float, loss_fn: Callable[[floa
             recent = losses[-sc.eval_every:]
             log(stage=stage, step=step, loss=round(sum(recent) / len(recent), 4),
                 val=round(val, 4), s=round(elapsed, 1))
-            if keep is not None:  # only the top-k by validation loss are held
-                keep.append((val, copy.deepcopy(model.state_dict())))
-                keep.sort(key=lambda x: x[0])
-                del keep[sc.merge_k:]
+            if keep is not None and (keep_at is None or step in keep_at):
+                keep.append((val, step, copy.deepcopy(model.state_dict())))
+                if keep_at is None:  # only the top-k by validation loss are held
+                    keep.sort(key=lambda x: x[0])
+                    del keep[sc.merge_k:]
     return losses
 
 
-def merge_top_k(model: Ling2MoeForward, keep: list[tuple[float, dict]], k: int) -> list[float]:
-    """Average the k snapshots with the lowest validation loss into `model`."""
+def merge_top_k(model: Ling2MoeForward, keep: list[Snapshot], k: int
+                ) -> tuple[list[float], list[int]]:
+    """Average the k snapshots with the lowest validation loss into `model`; returns their
+    validation losses and steps."""
     best = sorted(keep, key=lambda x: x[0])[:k]
-    avg = {n: sum(s[n].float() for _, s in best) / len(best) for n in best[0][1]}
+    avg = {n: sum(s[n].float() for _, _, s in best) / len(best) for n in best[0][2]}
     model.load_state_dict(avg)
-    return [v for v, _ in best]
+    return [v for v, _, _ in best], [st for _, st, _ in best]
 
 
 def run(out: Path, scale: str = "full", work: Path | None = None, log_path: Path | None = None,
@@ -236,10 +243,10 @@ def run(out: Path, scale: str = "full", work: Path | None = None, log_path: Path
         b = sft_batch(next_sft(), eos)
         return ar_loss(ar, b.ids, b.doc, b.ar_weight)
 
-    keep_ar: list[tuple[float, dict]] = []
+    keep_ar: list[Snapshot] = []
     summary["ar_sft"] = train(ar, sc.ar_sft_steps, sc.sft_lr, ar_sft_loss, ar_val_sft, sc, log,
                               "ar_sft", keep_ar, cap_s=sc.caps.get("ar_sft"))
-    summary["ar_merged_from"] = merge_top_k(ar, keep_ar, sc.merge_k)
+    summary["ar_merged_from"], summary["ar_merged_steps"] = merge_top_k(ar, keep_ar, sc.merge_k)
     summary["ar_val_merged"] = ar_val_sft()
     ar_dir = out / "ling2"
     _export(ar, cfg_ar, ar_dir, tok, "ling2", eos, mask_id, sc.export_dtype)
@@ -291,11 +298,16 @@ def run(out: Path, scale: str = "full", work: Path | None = None, log_path: Path
         def dm_val_sft() -> float:
             return _dm_val(dm, val_sets, mask_id, sc)
 
-        keep: list[tuple[float, dict]] = []
-        steps = len(summary["sft_cap"]) if name == "sft_nocap" else sc.sft_steps
+        # the no-CAP copy: same batches, same step count, and merged from the same steps as
+        # the CAP run, so the pair differs only in λ
+        paired = name == "sft_nocap"
+        keep: list[Snapshot] = []
+        steps = len(summary["sft_cap"]) if paired else sc.sft_steps
         summary[name] = train(dm, steps, sc.sft_lr, sft_loss, dm_val_sft, sc, log, name, keep,
-                              cap_s=sc.caps.get(name))
-        summary[name + "_merged_from"] = merge_top_k(dm, keep, sc.merge_k)
+                              cap_s=sc.caps.get(name),
+                              keep_at=set(summary["sft_cap_merged_steps"]) if paired else None)
+        summary[name + "_merged_from"], summary[name + "_merged_steps"] = merge_top_k(
+            dm, keep, sc.merge_k)
         summary[name + "_val_merged"] = dm_val_sft()
         _export(dm, cfg_dm, target, tok, "llada2", eos, mask_id, sc.export_dtype)
     summary["wall_s"] = round(time.monotonic() - t_start, 1)

@@ -41,6 +41,8 @@ def test_every_stage_lowers_its_loss(toy: tuple[Path, dict]) -> None:
     assert min(_vals(s, "convert")[1:]) < _vals(s, "convert")[0] + 0.5
     assert s["wsd"]["blocks"][-1][1] == pytest.approx(1.0)
     assert len(s["sft_cap_merged_from"]) == pipeline.SCALES["toy"].merge_k
+    # the no-CAP comparison is merged from the very steps the CAP run chose
+    assert sorted(s["sft_nocap_merged_steps"]) == sorted(s["sft_cap_merged_steps"])
 
 
 def test_exports_are_checkpoints_the_engine_serves(toy: tuple[Path, dict]) -> None:
