@@ -155,7 +155,8 @@ def add_loadtest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrency", type=int, default=None)
     p.add_argument("--sweep-concurrency", default=None, metavar="1,4,16,64")
     p.add_argument("--num-warmups", type=int, default=0)
-    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=False,
+                   help="force output-len tokens (bench compare: on by default)")
     p.add_argument("--goodput", nargs="*", metavar="KEY:MS")
     p.add_argument("--result-json", default=None)
     p.add_argument("--plot", default=None, metavar="DIR", help="write PNG charts there")

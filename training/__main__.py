@@ -36,11 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     from training import pipeline
 
     if args.caps:
-        caps = dict(kv.split("=") for kv in args.caps.split(","))
+        try:
+            caps = {k: float(v) for k, v in (kv.split("=") for kv in args.caps.split(","))}
+        except ValueError:
+            p.error(f"--caps takes stage=seconds,...: {args.caps!r}")
         unknown = set(caps) - {"ar_pretrain", "ar_sft", "convert", "sft_cap"}
         if unknown:
             p.error(f"unknown stage in --caps: {sorted(unknown)}")
-        pipeline.SCALES[args.scale].caps.update({k: float(v) for k, v in caps.items()})
+        pipeline.SCALES[args.scale].caps.update(caps)
     summary = pipeline.run(Path(args.out), args.scale, Path(args.work) if args.work else None,
                            Path(args.log) if args.log else None, args.threads)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}, default=str))

@@ -195,8 +195,8 @@ def tps(dllm: Path, ar: Path, out: Path, concurrency: str, num_prompts: int,
     heldout.write_text("".join(json.dumps({"messages": e.messages[:-1], "max_tokens": 96})
                                + "\n" for e in code))
     runs = {"heldout": ["--workload", "jsonl", "--dataset-path", str(heldout), "--endpoint",
-                        "chat", "--num-prompts", str(len(code))],
-            "random": ["--num-prompts", str(num_prompts)]}
+                        "chat", "--num-prompts", str(len(code)), "--no-ignore-eos"],
+            "random": ["--num-prompts", str(num_prompts), "--ignore-eos"]}
     keys = ("max_concurrency", "completed", "failed", "output_throughput",
             "request_throughput", "server_tokens_per_forward")
     summary = {}
@@ -205,7 +205,6 @@ def tps(dllm: Path, ar: Path, out: Path, concurrency: str, num_prompts: int,
             "bench", "compare", "--dllm", str(dllm), "--ar", str(ar), "--out", str(out),
             "--sweep-concurrency", concurrency, "--num-pages", "1024",
             "--result-json", str(out / f"tps_{name}.json"), *extra])
-        args.ignore_eos = name == "random"
         results = compare_local(dllm, ar, args, log_dir=Path(tempfile.gettempdir()))
         summary[name] = {t: [{k: r.get(k) for k in keys} for r in rs]
                          for t, rs in results.items()}
@@ -273,7 +272,7 @@ def markdown(res: dict[str, Any]) -> str:
             q = res[name]["quality"]
             lines.append(f"| {name} | {res[name]['val_loss']} | {q['pass_rate']} | "
                          f"{q['exact_match']} | {q['tool_call_valid']} | "
-                         f"{q['tool_name_correct']} | {q.get('tool_call_exact')} |")
+                         f"{q['tool_name_correct']} | {q['tool_call_exact']} |")
     lines += ["", "Tokens per forward on held-out code (mean per request / pooled):", "",
               "| model | block | " + " | ".join(f"t={t}" for t in THRESHOLDS) + " |",
               "|---|---|" + "---|" * len(THRESHOLDS)]

@@ -308,6 +308,8 @@ def run(out: Path, scale: str = "full", work: Path | None = None, log_path: Path
                               keep_at=set(summary["sft_cap_merged_steps"]) if paired else None)
         summary[name + "_merged_from"], summary[name + "_merged_steps"] = merge_top_k(
             dm, keep, sc.merge_k)
+        log(stage=name + "_merge", steps=summary[name + "_merged_steps"],
+            vals=[round(v, 4) for v in summary[name + "_merged_from"]])
         summary[name + "_val_merged"] = dm_val_sft()
         _export(dm, cfg_dm, target, tok, "llada2", eos, mask_id, sc.export_dtype)
     summary["wall_s"] = round(time.monotonic() - t_start, 1)
