@@ -96,12 +96,17 @@ class TorchAttention:
         # q [T, nh, hd]; k, v [T, nkv, hd] → [T, nh, hd]
         kv.k[layer].index_copy_(0, fb.slot_mapping, k)
         kv.v[layer].index_copy_(0, fb.slot_mapping, v)
-        qs = q[meta.q_rows].transpose(1, 2)  # [S, nh, Qmax, hd]
+        qs = self._rows(q, meta).transpose(1, 2)  # [S, nh, Qmax, hd]
         ks = kv.k[layer][meta.kv_slots].transpose(1, 2)  # [S, nkv, Kmax, hd]
         vs = kv.v[layer][meta.kv_slots].transpose(1, 2)
         out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=meta.mask, enable_gqa=True)
-        out = out.transpose(1, 2)[meta.q_valid]  # [T, nh, hd] in segment order
-        return out
+        return self._tokens(out.transpose(1, 2), q, meta)  # [T, nh, hd] in segment order
+
+    def _rows(self, q: torch.Tensor, meta: _TorchMeta) -> torch.Tensor:
+        return q[meta.q_rows]  # [T, nh, hd] → [S, Qmax, nh, hd]
+
+    def _tokens(self, out: torch.Tensor, q: torch.Tensor, meta: _TorchMeta) -> torch.Tensor:
+        return out[meta.q_valid]  # [S, Qmax, nh, hd] → [T, nh, hd]
 
 
 def _flashinfer() -> AttentionBackend:

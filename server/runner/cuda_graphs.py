@@ -19,10 +19,9 @@ import logging
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from server.core import Batch
-from server.runner.attention import AttentionContext, KVCache, TorchAttention, _TorchMeta
+from server.runner.attention import AttentionContext, TorchAttention, _TorchMeta
 from server.runner.forward_batch import ForwardBatch, build_forward_batch
 from server.runner.model_runner import ModelRunner
 
@@ -36,16 +35,11 @@ class _StaticAttention(TorchAttention):
     """The torch backend's math with every query row valid: rows come back by reshape, not by
     a boolean index (which would read a count back to the host and break capture)."""
 
-    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                kv: KVCache, fb: ForwardBatch, meta: _TorchMeta) -> torch.Tensor:
-        # q [T, nh, hd]; k, v [T, nkv, hd] → [T, nh, hd]
-        kv.k[layer].index_copy_(0, fb.slot_mapping, k)
-        kv.v[layer].index_copy_(0, fb.slot_mapping, v)
-        qs = q.view(*meta.q_rows.shape, *q.shape[1:]).transpose(1, 2)  # [S', nh, B, hd]
-        ks = kv.k[layer][meta.kv_slots].transpose(1, 2)  # [S', nkv, K', hd]
-        vs = kv.v[layer][meta.kv_slots].transpose(1, 2)
-        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=meta.mask, enable_gqa=True)
-        return out.transpose(1, 2).reshape(q.shape)
+    def _rows(self, q: torch.Tensor, meta: _TorchMeta) -> torch.Tensor:
+        return q.view(*meta.q_rows.shape, *q.shape[1:])  # [T, nh, hd] → [S', B, nh, hd]
+
+    def _tokens(self, out: torch.Tensor, q: torch.Tensor, meta: _TorchMeta) -> torch.Tensor:
+        return out.reshape(q.shape)  # [S', B, nh, hd] → [T, nh, hd]
 
 
 @dataclass
