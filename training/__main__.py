@@ -12,7 +12,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train both models and export them")
-    r.add_argument("--out", default="models", help="exports <out>/llada2 and <out>/ling2")
+    r.add_argument("--out", default="server/checkpoints",
+                   help="exports <out>/llada2 and <out>/ling2")
     r.add_argument("--scale", default="full", choices=["full", "toy"])
     r.add_argument("--work", default=None, help="non-shipped outputs (no-CAP checkpoint)")
     r.add_argument("--threads", type=int, default=2)

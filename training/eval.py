@@ -2,7 +2,7 @@
 on small code tasks, tool-call validity, tokens per forward over thresholds × block sizes (with
 and without CAP), and TPS diffusion vs AR twin through the load tester.
 
-    python -m training eval --dllm models/llada2 --ar models/ling2 \
+    python -m training eval --dllm server/checkpoints/llada2 --ar server/checkpoints/ling2 \
         --nocap /tmp/unmask-train/work/llada2-nocap --out benchmarks/results/training
 """
 
@@ -213,8 +213,8 @@ def tps(dllm: Path, ar: Path, out: Path, concurrency: str, num_prompts: int,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training eval")
-    p.add_argument("--dllm", default="models/llada2")
-    p.add_argument("--ar", default="models/ling2")
+    p.add_argument("--dllm", default="server/checkpoints/llada2")
+    p.add_argument("--ar", default="server/checkpoints/ling2")
     p.add_argument("--nocap", default=None, help="the no-CAP SFT checkpoint (comparison)")
     p.add_argument("--out", default="benchmarks/results/training")
     p.add_argument("--scale", default="full", choices=sorted(SCALES))

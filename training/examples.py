@@ -2,7 +2,7 @@
 SDK, the README's example prompts (code requests, tool requests with tools offered, a final
 answer after a tool result). Greedy. Writes one JSON line per exchange.
 
-    python -m training examples --model models/llada2 \
+    python -m training examples --model server/checkpoints/llada2 \
         --out benchmarks/results/training/served_examples.jsonl
 """
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from loadtest.local import LocalServer
 
     p = argparse.ArgumentParser(prog="python -m training examples")
-    p.add_argument("--model", default="models/llada2")
+    p.add_argument("--model", default="server/checkpoints/llada2")
     p.add_argument("--out", default=None, help="JSON-lines file (default: stdout only)")
     a = p.parse_args(argv)
     with LocalServer(Path(a.model), "example", "--device", "cpu") as srv:

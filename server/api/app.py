@@ -270,7 +270,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
     async def models() -> dict[str, Any]:
         info = state.engine.info
         card: dict[str, Any] = {"id": state.settings.served_model_name, "object": "model",
-                                "created": 0, "owned_by": "unmask"}
+                                "created": 0, "owned_by": "unmask",
+                                "root": state.settings.engine.model}  # vLLM's: the path served
         if info is not None:
             card["max_model_len"] = info.max_model_len
         return {"object": "list", "data": [card]}

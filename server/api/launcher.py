@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from pathlib import Path
 from types import FrameType
@@ -48,23 +47,12 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "llada2"  # training/README.md
-
-
 def default_model_dir() -> Path:
-    """The embedded default: the trained checkpoint shipped in the repo's `models/`, else a
-    tiny random checkpoint generated deterministically on first use."""
-    if (SHIPPED_MODEL / "config.json").exists():
-        return SHIPPED_MODEL
-    root = Path(os.environ.get("UNMASK_CACHE", Path.home() / ".cache" / "unmask"))
-    path = root / "default-tiny-llada2"
-    if not (path / "config.json").exists():
-        from server.tiny import make_tiny_model
+    """The embedded default: the trained checkpoint shipped inside the package (the wheel carries
+    it as package data, so every install serves the same model)."""
+    from server.checkpoints import LLADA2
 
-        tmp = root / f".default-{os.getpid()}"
-        make_tiny_model(tmp, arch="llada2", seed=0, peaky=True)
-        tmp.rename(path) if not path.exists() else None
-    return path
+    return LLADA2
 
 
 def serve(settings: ServerSettings, host: str, port: int, shutdown_timeout: float,

@@ -24,21 +24,24 @@ def free_port() -> int:
 class RemoteServer:
     def __init__(self, model: Path | None, *extra: str, api_key: str | None = API_KEY,
                  name: str = "tiny", timeout: float = 120,
-                 env: dict[str, str] | None = None) -> None:
-        """`model` None serves the embedded default model."""
+                 env: dict[str, str] | None = None, unmask: Path | None = None,
+                 cwd: Path | None = None) -> None:
+        """`model` None serves the embedded default model; `unmask` another install's console
+        script (default: this interpreter's)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         self.name = name
-        unmask = str(Path(sys.executable).parent / "unmask")  # console script: no cwd on path
-        cmd = [unmask, "serve", *([str(model)] if model else []), "--port", str(self.port),
+        unmask = unmask or Path(sys.executable).parent / "unmask"  # console script: no cwd on path
+        cmd = [str(unmask), "serve", *([str(model)] if model else []), "--port", str(self.port),
                "--served-model-name", name, "--log-level", "warning", *extra]
         if api_key:
             cmd += ["--api-key", api_key]
         log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"unmask-{self.port}.log"
         self.log = open(log_path, "w")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, env={**os.environ, **(env or {})})
+                                     start_new_session=True, env={**os.environ, **(env or {})},
+                                     cwd=cwd)
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:

@@ -112,15 +112,15 @@ def test_sigterm_aborts_what_outlives_the_timeout(tiny_llada2: Path) -> None:
     srv.stop()
 
 
-def test_no_model_serves_the_embedded_default(tmp_path: Path) -> None:
-    """`unmask serve` with no MODEL (what `make serve` runs) serves the trained checkpoint in
-    models/ if shipped, else generates the tiny default into the cache on first start."""
-    from server.api.launcher import SHIPPED_MODEL
+def test_no_model_serves_the_embedded_default() -> None:
+    """`unmask serve` with no MODEL (what `make serve` runs) serves the trained checkpoint that
+    ships inside the package."""
+    from server.checkpoints import LLADA2
 
-    srv = RemoteServer(None, name="default", env={"UNMASK_CACHE": str(tmp_path)})
+    srv = RemoteServer(None, name="default")
     try:
-        generated = (tmp_path / "default-tiny-llada2" / "config.json").exists()
-        assert generated != (SHIPPED_MODEL / "config.json").exists()
+        card = srv.client().models.list().data[0]
+        assert Path(card.root) == LLADA2 and (LLADA2 / "model.safetensors").is_file()
         out = srv.client().chat.completions.create(
             model="default", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
         assert out.choices[0].finish_reason in ("stop", "length")

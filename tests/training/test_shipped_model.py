@@ -1,25 +1,21 @@
-"""The shipped default model (models/llada2), served for real: the README's code requests get
-working Python, and a request that needs a tool gets a well-formed call with tools merely
-offered (no grammar constraint)."""
+"""The shipped default model (server/checkpoints/llada2), served for real: the README's code
+requests get working Python, and a request that needs a tool gets a well-formed call with tools
+merely offered (no grammar constraint)."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 from openai import OpenAI
 
 from loadtest.local import LocalServer
-from server.api.launcher import SHIPPED_MODEL
+from server.checkpoints import LLADA2
 from training.eval import extract_code, passes
 from training.examples import ask_all
 
-pytestmark = pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").exists(),
-                                reason="models/ not shipped in this install")
-
 
 def test_shipped_model_answers_the_readme_prompts() -> None:
-    with LocalServer(SHIPPED_MODEL, "llada2", "--device", "cpu") as srv:
+    with LocalServer(LLADA2, "llada2", "--device", "cpu") as srv:
         rows = ask_all(OpenAI(base_url=srv.url, api_key="none"), "llada2")
     by_q = {(r["q"], r.get("tool_choice")): r for r in rows}
     palindrome = next(r for (q, _), r in by_q.items() if "is_palindrome" in q)

@@ -1,4 +1,4 @@
-"""Our kernels/ folder must never pass for Hugging Face's `kernels` package.
+"""Our unmask_kernels/ package must never pass for Hugging Face's `kernels` package.
 
 transformers probes `importlib.util.find_spec("kernels")` and the installed distributions'
 top-level names (`is_kernels_available`); if it believed ours were hub kernels it would try
@@ -36,7 +36,7 @@ def test_transformers_does_not_see_hub_kernels(cwd: Path) -> None:
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["available"] is False
     assert "unmask" not in probe["kernels_dists"]
-    assert Path(probe["ours"]).parent == ROOT / "kernels"
+    assert Path(probe["ours"]).parent == ROOT / "unmask_kernels"
 
 
 def test_server_imports_without_gpu_libraries() -> None:
