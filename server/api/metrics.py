@@ -1,10 +1,15 @@
 """Prometheus metrics, fed by engine `StepStats` and by request timings in the API process.
 
-Names follow vLLM where a counterpart exists (the three gauges the Gateway API Inference
-Extension reads, counters, latency histograms with vLLM's buckets), under the `unmask:` prefix.
+Every metric is exported as `unmask:<name>`. Those with a vLLM counterpart are also exported
+under vLLM's name (`vllm:<name>`, same labels, buckets and value), so the Gateway API Inference
+Extension endpoint picker, KEDA/HPA examples and Grafana dashboards written for vLLM read them
+with their defaults. Invariant: a twin is only ever updated through `Twin`, so the two series
+are equal at every scrape.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -18,6 +23,50 @@ LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.
                    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 TPF_BUCKETS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 SPB_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32)
+TOKEN_BUCKETS = tuple(m * 10**e for e in range(7) for m in (1, 2, 5))  # vLLM's 1-2-5 series
+
+# unmask name -> vLLM names of the same series (vLLM >= 0.10 names; older aliases beside them)
+VLLM_NAMES: dict[str, tuple[str, ...]] = {
+    "num_requests_waiting": ("num_requests_waiting",),
+    "num_requests_running": ("num_requests_running",),
+    "kv_cache_usage_perc": ("kv_cache_usage_perc", "gpu_cache_usage_perc"),
+    "prompt_tokens": ("prompt_tokens",),
+    "generation_tokens": ("generation_tokens",),
+    "request_success": ("request_success",),
+    "num_preemptions": ("num_preemptions",),
+    "prefix_cache_queries": ("prefix_cache_queries",),
+    "prefix_cache_hits": ("prefix_cache_hits",),
+    "time_to_first_token_seconds": ("time_to_first_token_seconds",),
+    "inter_token_latency_seconds": ("inter_token_latency_seconds",
+                                    "time_per_output_token_seconds"),
+    "e2e_request_latency_seconds": ("e2e_request_latency_seconds",),
+    "request_queue_time_seconds": ("request_queue_time_seconds",),
+    "request_prompt_tokens": ("request_prompt_tokens",),
+    "request_generation_tokens": ("request_generation_tokens",),
+}
+
+
+class Twin:
+    """An `unmask:` metric and its `vllm:` twins, moved together: `.labels(...)` gives a child
+    whose `set`/`inc`/`observe` go to every one of them."""
+
+    def __init__(self, metrics: list[Any]) -> None:
+        self.metrics = metrics
+
+    def labels(self, *values: str) -> Twin:
+        return Twin([m.labels(*values) for m in self.metrics])
+
+    def set(self, value: float) -> None:
+        for m in self.metrics:
+            m.set(value)
+
+    def inc(self, amount: float = 1.0) -> None:
+        for m in self.metrics:
+            m.inc(amount)
+
+    def observe(self, value: float) -> None:
+        for m in self.metrics:
+            m.observe(value)
 
 
 class Metrics:
@@ -26,14 +75,18 @@ class Metrics:
         labels = ["model_name"]
         self.model_name = model_name
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(f"unmask:{name}", doc, labels, registry=r)
+        def names(name: str) -> list[str]:
+            return [f"unmask:{name}", *(f"vllm:{v}" for v in VLLM_NAMES.get(name, ()))]
 
-        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
-            return Counter(f"unmask:{name}", doc, [*labels, *extra], registry=r)
+        def gauge(name: str, doc: str) -> Twin:
+            return Twin([Gauge(n, doc, labels, registry=r) for n in names(name)])
 
-        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(f"unmask:{name}", doc, labels, buckets=buckets, registry=r)
+        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Twin:
+            return Twin([Counter(n, doc, [*labels, *extra], registry=r) for n in names(name)])
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Twin:
+            return Twin([Histogram(n, doc, labels, buckets=buckets, registry=r)
+                         for n in names(name)])
 
         self.waiting = gauge("num_requests_waiting", "Requests waiting for admission.")
         self.running = gauge("num_requests_running", "Requests in the running batch.")
@@ -56,6 +109,10 @@ class Metrics:
         self.tpf = hist("tokens_per_forward", "Tokens committed per forward, per step.",
                         TPF_BUCKETS)
         self.spb = hist("steps_per_block", "Denoise steps a diffusion block took.", SPB_BUCKETS)
+        self.request_prompt = hist("request_prompt_tokens", "Prompt tokens per finished "
+                                   "request.", TOKEN_BUCKETS)
+        self.request_generation = hist("request_generation_tokens", "Generated tokens per "
+                                       "finished request.", TOKEN_BUCKETS)
         for m in (self.waiting, self.running, self.kv_usage):
             m.labels(model_name).set(0)
 

@@ -258,6 +258,8 @@ class OpenAIServing:
         m = self.model_name
         self.metrics.success.labels(m, c.finish_reason).inc()
         self.metrics.e2e.labels(m).observe(time.monotonic() - c.start)
+        self.metrics.request_prompt.labels(m).observe(len(c.prompt_ids))
+        self.metrics.request_generation.labels(m).observe(len(c.token_ids))
         st = out.stats
         if st is not None and st.first_scheduled_time is not None:
             self.metrics.queue.labels(m).observe(max(0.0, st.first_scheduled_time

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,3 +233,43 @@ def test_metrics_request_ids_and_body_limit(server: RemoteServer) -> None:
     big = httpx.post(server.url + "/v1/completions", headers=h,
                      json={"prompt": "x" * (17 << 20), "max_tokens": 1})
     assert big.status_code == 413 and big.json()["error"]["code"] == 413
+
+
+def test_metrics_carry_vllm_names_with_the_same_values(server: RemoteServer) -> None:
+    """Gateways, autoscalers and dashboards written for vLLM read `vllm:` names: each is
+    exported beside its `unmask:` twin, sample for sample equal (one scrape, server idle)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from server.api.metrics import VLLM_NAMES
+
+    client = server.client()
+    client.completions.create(model="tiny", prompt="hello there", max_tokens=40)
+    for _ in client.chat.completions.create(model="tiny", max_tokens=20, stream=True,
+                                            messages=[{"role": "user", "content": "hi"}]):
+        pass
+    for _ in range(100):  # the gauges are set by the engine step after the last output
+        if server.metric("unmask:num_requests_running") == 0:
+            break
+        time.sleep(0.1)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)
+               for s in fam.samples}
+    compared = 0
+    for (name, labels), value in samples.items():
+        base = name.removeprefix("unmask:")
+        stem = next((k for k in VLLM_NAMES if base == k or base.startswith(k + "_")), None)
+        if not name.startswith("unmask:") or stem is None or name.endswith("_created"):
+            continue  # _created: when the series was made, not a value
+        for twin in VLLM_NAMES[stem]:
+            key = ("vllm:" + twin + base[len(stem):], labels)
+            assert samples.get(key) == value, (name, labels, key, samples.get(key))
+            compared += 1
+    for name in ("vllm:num_requests_waiting", "vllm:num_requests_running",
+                 "vllm:kv_cache_usage_perc", "vllm:prompt_tokens_total",
+                 "vllm:generation_tokens_total", "vllm:request_success_total",
+                 "vllm:time_to_first_token_seconds_count", "vllm:e2e_request_latency_seconds_sum",
+                 "vllm:inter_token_latency_seconds_count", "vllm:request_queue_time_seconds_count",
+                 "vllm:request_generation_tokens_sum"):
+        assert any(n == name for n, _ in samples), name
+    assert compared > 50
+    assert server.metric("vllm:generation_tokens_total") >= 40
