@@ -8,6 +8,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.config import EngineConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -16,7 +20,8 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     from server.tiny import make_tiny_model
 
     out = make_tiny_model(args.out, arch=args.arch, seed=args.seed, layers=args.layers,
-                          peaky=args.peaky, config_of=args.config_of, dtype=args.dtype)
+                          peaky=args.peaky, config_of=args.config_of, dtype=args.dtype,
+                          weights=not args.config_only)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"wrote {args.arch} checkpoint to {out} ({size / 2**20:.1f} MiB)")
     return 0
@@ -71,6 +76,8 @@ def _serve(args: argparse.Namespace) -> int:
     from server.distributed.node import check_topology, run_node
 
     engine = engine_config(model, **options)
+    if args.check_config:
+        return _check_config(engine)
     try:
         check_topology(engine)
         if engine.node_rank > 0:  # node k of a multi-node group: its ranks only, no HTTP API
@@ -94,6 +101,28 @@ def _serve(args: argparse.Namespace) -> int:
         cors_origins=tuple(args.cors_origins or ()),
     )
     serve(settings, args.host, args.port, args.shutdown_timeout, args.log_level)
+    return 0
+
+
+def _check_config(engine: EngineConfig) -> int:
+    """Every start-up check the engine makes from the configuration files, without weights;
+    what needs the device itself (free memory, GPUs visible) is listed as not checked."""
+    from server.engine.startup import plan_startup
+    from server.model.loader import CheckpointError
+
+    try:
+        plan = plan_startup(engine)
+    except (ValueError, CheckpointError) as e:
+        print(f"unmask serve: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({
+        "ok": True, "model_dir": str(plan.model_dir), "architecture": plan.mcfg.architecture,
+        "mode": plan.mcfg.mode, "device": str(plan.device),
+        "dtype": str(plan.dtype).removeprefix("torch."), "max_model_len": plan.max_model_len,
+        "tensor_parallel_size": engine.tensor_parallel_size, "nnodes": engine.nnodes,
+        "ranks_per_node": plan.ranks_per_node,
+        "not_checked": ["GPUs visible per node", "free device memory for the KV pool"],
+    }))
     return 0
 
 
@@ -167,6 +196,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cors-origins", nargs="+", default=None, metavar="ORIGIN",
                    help="enable CORS for these origins (off by default)")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--check-config", action="store_true",
+                   help="apply every start-up check to the flags and the model's config files, "
+                        "load no weights, print a JSON summary and exit (0 ok, 2 refused)")
     s.set_defaults(handler=_serve)
 
 
@@ -184,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-of", choices=["mini", "flash"], default=None,
                    help="real LLaDA2.0-mini/flash shapes (random bf16 weights)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--config-only", action="store_true",
+                   help="no weights: config, generation config and tokenizer only (enough for "
+                        "`unmask serve --check-config`)")
     p.set_defaults(handler=_make_tiny_model)
 
     g = sub.add_parser("generate", help="offline generation with the engine in this process")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from server.config import AR_PAGE_SIZE, DIFFUSION_DEFAULTS, EngineConfig, parse_bytes
+from server.config import EngineConfig
 from server.core import (
     Batch,
     EngineOutput,
@@ -20,14 +20,14 @@ from server.core import (
     StepResult,
     StepStats,
 )
-from server.engine.modes import Autoregressive, BlockDiffusion, DecodeMode
+from server.engine.modes import BlockDiffusion, DecodeMode
+from server.engine.startup import kv_pages, plan_startup
 from server.grammar.waiting import GrammarWaitingRoom
 from server.kv_cache.manager import KVManager
 from server.kv_cache.page_pool import PagePool
 from server.model.config import ModelConfig
-from server.model.loader import load_model, resolve_model_path
+from server.model.loader import load_model
 from server.model.moe import set_moe_backend
-from server.model.specials import read_special_ids
 from server.runner.attention import KVCache, create_backend
 from server.runner.model_runner import ModelRunner
 from server.scheduler.scheduler import Scheduler
@@ -65,41 +65,16 @@ class EngineInfo:
     acceptance_backend: str
 
 
-def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype == "auto":
-        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
-    return dev, names[dtype]
-
-
 class Engine:
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
-        model_dir = resolve_model_path(cfg.model)
-        mcfg = ModelConfig.from_file(model_dir / "config.json")
-        specials = read_special_ids(model_dir)
-        device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+        plan = plan_startup(cfg)
+        model_dir, mcfg, specials = plan.model_dir, plan.mcfg, plan.specials
+        device, dtype = plan.device, plan.dtype
         if device.type == "cpu" and cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
-        self.max_model_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
-                                 mcfg.max_position_embeddings)
-        self.mode: DecodeMode
-        if mcfg.mode == "diffusion":
-            if specials.mask_id is None:
-                raise ValueError(f"{model_dir}: diffusion checkpoint without a <|mask|> token")
-            block = cfg.diffusion.block_size or DIFFUSION_DEFAULTS[mcfg.architecture]["block_size"]
-            self.mode = BlockDiffusion(block, specials.mask_id, cfg.diffusion.threshold)
-        else:
-            self.mode = Autoregressive(AR_PAGE_SIZE)
-        if cfg.scheduler.max_num_batched_tokens < 2 * self.mode.page_size:
-            raise ValueError(f"max_num_batched_tokens must be >= {2 * self.mode.page_size} "
-                             "(a commit block plus an active block)")
-        if cfg.scheduler.max_running_requests < 1:
-            raise ValueError("max_running_requests must be >= 1")
+        self.max_model_len = plan.max_model_len
+        self.mode: DecodeMode = plan.mode
         t0 = time.perf_counter()
         if cfg.tensor_parallel_size > 1:  # this process is rank 0; it starts the others
             from server.distributed.launch import start_tensor_parallel
@@ -110,7 +85,7 @@ class Engine:
             backend, device = self.runner.backend, self.runner.device
         else:
             model = load_model(model_dir, mcfg, dtype, device, self.max_model_len)
-            num_pages = self._num_pages(mcfg, dtype, device)
+            num_pages = kv_pages(cfg, mcfg, self.mode.page_size, dtype, device)
             kv = KVCache(mcfg.num_hidden_layers, num_pages, self.mode.page_size,
                          mcfg.num_key_value_heads, mcfg.head_dim, dtype, device)
             backend = create_backend(cfg.attention_backend, device)
@@ -147,22 +122,8 @@ class Engine:
         log.info("engine ready in %.1fs: %s", time.perf_counter() - t0, self.info)
 
     def _num_pages(self, mcfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> int:
-        c = self.cfg.cache
-        if c.num_pages is not None:
-            return c.num_pages
-        per_page = KVCache.bytes_per_page(mcfg.num_hidden_layers, self.mode.page_size,
-                                          mcfg.num_key_value_heads, mcfg.head_dim, dtype)
-        if c.kv_cache_memory is not None:
-            budget = parse_bytes(c.kv_cache_memory)
-        elif device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            budget = int(free * c.kv_cache_fraction)
-        else:
-            budget = CPU_KV_DEFAULT
-        pages = budget // per_page
-        if pages < 1:
-            raise ValueError(f"KV budget of {budget} bytes holds no page ({per_page} bytes each)")
-        return pages
+        """`start_tensor_parallel`'s callback: rank 0 sizes the pool for every rank."""
+        return kv_pages(self.cfg, mcfg, self.mode.page_size, dtype, device)
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, req: GenerateRequest) -> None:

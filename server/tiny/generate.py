@@ -59,8 +59,10 @@ def model_config(arch: str, vocab_size: int, pad_id: int, layers: int | None = N
 def make_tiny_model(out_dir: str | Path, arch: str = "llada2", seed: int = 0,
                     layers: int | None = None, peaky: bool = False,
                     config_of: str | None = None, dtype: str | None = None,
-                    overrides: dict | None = None) -> Path:
-    """`overrides` replaces config fields (e.g. a wider "small" benchmark shape)."""
+                    overrides: dict | None = None, weights: bool = True) -> Path:
+    """`overrides` replaces config fields (e.g. a wider "small" benchmark shape). `weights`
+    False writes everything but the safetensors: enough for `unmask serve --check-config` at
+    the real mini/flash shapes."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose {sorted(ARCHS)}")
     out = Path(out_dir)
@@ -76,7 +78,8 @@ def make_tiny_model(out_dir: str | Path, arch: str = "llada2", seed: int = 0,
            {"eos_token_id": [ids["<|endoftext|>"], ids["<|role_end|>"]],
             "bos_token_id": ids["<|startoftext|>"], "pad_token_id": ids["<|endoftext|>"]})
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-    _write_weights(out, random_tensors(cfg, seed, peaky, getattr(torch, dtype)))
+    if weights:
+        _write_weights(out, random_tensors(cfg, seed, peaky, getattr(torch, dtype)))
     return out
 
 

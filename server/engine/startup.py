@@ -1,0 +1,111 @@
+"""Start-up decisions that need only the configuration files: the checkpoint's config, device
+and dtype, context length, decoding mode, topology and KV sizing. `Engine` starts from a
+`StartupPlan`; `unmask serve --check-config` runs the same checks and loads no weights.
+Every inconsistency raises ValueError naming the flag or file at fault."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from server.config import AR_PAGE_SIZE, DIFFUSION_DEFAULTS, EngineConfig, parse_bytes
+from server.distributed.group import check_tp_size
+from server.distributed.node import check_topology
+from server.engine.modes import Autoregressive, BlockDiffusion, DecodeMode
+from server.model.config import ModelConfig
+from server.model.loader import resolve_model_path
+from server.model.specials import SpecialIds, read_special_ids
+from server.runner.attention import KVCache
+
+CPU_KV_DEFAULT = 512 << 20
+BACKEND_NAMES = {"attention": ("auto", "torch", "flashinfer"),
+                 "acceptance": ("auto", "torch", "triton"), "moe": ("auto", "torch", "triton")}
+
+
+@dataclass(frozen=True)
+class StartupPlan:
+    model_dir: Path
+    mcfg: ModelConfig
+    specials: SpecialIds
+    device: torch.device
+    dtype: torch.dtype
+    max_model_len: int
+    mode: DecodeMode
+    ranks_per_node: int
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
+    return dev, names[dtype]
+
+
+def plan_startup(cfg: EngineConfig) -> StartupPlan:
+    model_dir = resolve_model_path(cfg.model)
+    mcfg = ModelConfig.from_file(model_dir / "config.json")
+    specials = read_special_ids(model_dir)
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    for op, chosen in (("attention", cfg.attention_backend),
+                       ("acceptance", cfg.acceptance_backend), ("moe", cfg.moe_backend)):
+        if chosen not in BACKEND_NAMES[op]:
+            raise ValueError(f"unknown --{op}-backend {chosen!r}; choose "
+                             f"{', '.join(BACKEND_NAMES[op])}")
+    max_model_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
+                        mcfg.max_position_embeddings)
+    mode: DecodeMode
+    if mcfg.mode == "diffusion":
+        if specials.mask_id is None:
+            raise ValueError(f"{model_dir}: diffusion checkpoint without a <|mask|> token")
+        block = cfg.diffusion.block_size or DIFFUSION_DEFAULTS[mcfg.architecture]["block_size"]
+        if block < 1:
+            raise ValueError(f"--block-size must be >= 1, got {block}")
+        mode = BlockDiffusion(block, specials.mask_id, cfg.diffusion.threshold)
+    else:
+        mode = Autoregressive(AR_PAGE_SIZE)
+    if cfg.scheduler.max_num_batched_tokens < 2 * mode.page_size:
+        raise ValueError(f"--max-num-batched-tokens must be >= {2 * mode.page_size} "
+                         "(a commit block plus an active block)")
+    if cfg.scheduler.max_running_requests < 1:
+        raise ValueError("--max-running-requests must be >= 1")
+    ranks_per_node = check_topology(cfg)
+    check_tp_size(mcfg, cfg.tensor_parallel_size)
+    plan = StartupPlan(model_dir, mcfg, specials, device, dtype, max_model_len, mode,
+                       ranks_per_node)
+    if cfg.cache.num_pages is not None or cfg.cache.kv_cache_memory is not None:
+        # a fixed budget is checkable before any device exists; each rank holds 1/tp of the heads
+        local = dataclasses.replace(mcfg, num_key_value_heads=max(
+            1, mcfg.num_key_value_heads // cfg.tensor_parallel_size))
+        kv_pages(cfg, local, mode.page_size, dtype, device)
+    return plan
+
+
+def kv_pages(cfg: EngineConfig, m: ModelConfig, page_size: int, dtype: torch.dtype,
+             device: torch.device) -> int:
+    """Pages of the KV pool for one rank holding `m`'s KV heads: `--num-pages`, else
+    `--kv-cache-memory`, else a share of the free device memory (a fixed default on CPU)."""
+    c = cfg.cache
+    if c.num_pages is not None:
+        if c.num_pages < 1:
+            raise ValueError(f"--num-pages must be >= 1, got {c.num_pages}")
+        return c.num_pages
+    per_page = KVCache.bytes_per_page(m.num_hidden_layers, page_size, m.num_key_value_heads,
+                                      m.head_dim, dtype)
+    if c.kv_cache_memory is not None:
+        budget = parse_bytes(c.kv_cache_memory)
+    elif device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = int(free * c.kv_cache_fraction)
+    else:
+        budget = CPU_KV_DEFAULT
+    pages = budget // per_page
+    if pages < 1:
+        raise ValueError(f"KV budget of {budget} bytes holds no page ({per_page} bytes each)")
+    return pages
