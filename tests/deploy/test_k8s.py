@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import stat
@@ -10,17 +11,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import kubernetes_validate
 import pytest
 
 from server.cli import build_parser
-from tests.deploy.crd_schemas import SCHEMAS
-from tests.deploy.kustomize import is_builtin
+from tests.deploy.crd_schemas import SCHEMAS, cel_errors, validator
 from tests.deploy.manifests import (
+    EPP_IMAGE,
     KUSTOMIZATIONS,
     OVERLAYS,
+    Resource,
     one,
+    render_warnings,
     rendered,
     serve_options,
     serving_pods,
@@ -28,31 +30,84 @@ from tests.deploy.manifests import (
 
 # "gpu" alone as an id would match the `gpu` marker keyword (tests/conftest.py skips those)
 IDS = [f"overlays/{o}" for o in OVERLAYS]
-K8S_VERSION = "1.30.0"  # the oldest minor the manifests target (LWS and sidecars need >= 1.27)
+# The oldest Kubernetes minor the manifests target; kubernetes-validate >= 1.31 bundles its
+# schemas (built-in kinds, and the embedded types the custom-resource schemas reference).
+K8S_VERSION = "1.31.0"
+# free-form maps in the custom resources we write: any key is valid there
+FREE_MAPS = {"labels", "annotations", "matchLabels", "requests", "limits"}
 
 
 def _container(pod: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in pod["spec"]["containers"] if c["name"] == "unmask")
 
 
+def _is_custom(r: Resource) -> bool:
+    return (r["apiVersion"], r["kind"]) in SCHEMAS
+
+
+def _validate(r: Resource) -> list[str]:
+    """Schema errors of one rendered resource: Kubernetes' own for built-in kinds (strict:
+    unknown fields fail), the upstream CRD's for custom resources (tests/deploy/crd_schemas.py)."""
+    if _is_custom(r):
+        errs = validator(r, K8S_VERSION).iter_errors(r)
+        return [f"{e.message} at {list(e.absolute_path)}" for e in errs] + cel_errors(r)
+    try:
+        kubernetes_validate.validate(r, K8S_VERSION, strict=True)
+    except kubernetes_validate.SchemaNotFoundError as e:
+        return [f"neither a Kubernetes {K8S_VERSION} kind nor in crd_schemas.SCHEMAS: {e.message}"]
+    except kubernetes_validate.ValidationError as e:
+        return [f"{e.message} at {list(e.absolute_path)}"]
+    return []
+
+
+def test_kubernetes_validate_has_the_target_version() -> None:
+    latest = tuple(int(x) for x in kubernetes_validate.latest_version().split(".")[:2])
+    target = tuple(int(x) for x in K8S_VERSION.split(".")[:2])
+    assert latest >= target, (f"kubernetes-validate {kubernetes_validate.__version__} stops at "
+                              f"Kubernetes {latest}: pip install 'kubernetes-validate>=1.31'")
+    assert kubernetes_validate.validate(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}},
+        K8S_VERSION, strict=True) == "1.31"
+
+
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_every_rendered_resource_validates(name: str) -> None:
     resources = rendered(name)
     assert resources
+    assert not render_warnings(name), f"kubectl kustomize {name}: {render_warnings(name)}"
     for r in resources:
-        where = f"{name}: {r['kind']}/{r['metadata']['name']}"
-        if is_builtin(r):
-            try:
-                kubernetes_validate.validate(r, K8S_VERSION, strict=True)
-            except kubernetes_validate.ValidationError as e:
-                pytest.fail(f"{where}: {e.message} at {list(e.path)}")
-        else:
-            assert r["kind"] in SCHEMAS, f"{where}: no schema for this custom resource"
-            jsonschema.validate(r, SCHEMAS[r["kind"]])
-    for pod in serving_pods(resources):  # LeaderWorkerSet templates: full pod validation
-        template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
-                    "template": pod}
-        kubernetes_validate.validate(template, K8S_VERSION, strict=True)
+        errors = _validate(r)
+        assert not errors, f"{name}: {r['kind']}/{r['metadata']['name']}: {errors}"
+
+
+def _object_paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Paths of every mapping in `node` that has a fixed set of fields."""
+    out = []
+    if isinstance(node, dict):
+        if not path or path[-1] not in FREE_MAPS:
+            out.append(path)
+        for k, v in node.items():
+            out += _object_paths(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _object_paths(v, (*path, i))
+    return out
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_custom_resource_schemas_catch_typos(name: str) -> None:
+    """A misspelt field anywhere we write one (pod templates and KEDA trigger metadata
+    included) fails validation, as it would on the API server with strict field validation."""
+    for r in rendered(name):
+        if not _is_custom(r):
+            continue
+        for path in _object_paths(r):
+            bad = copy.deepcopy(r)
+            node = bad
+            for k in path:
+                node = node[k]
+            node["unknwonField"] = "x"
+            assert _validate(bad), f"{r['kind']}: a typo at {list(path)} passes"
 
 
 def test_every_kustomization_is_covered() -> None:
@@ -164,6 +219,14 @@ def test_probes_ports_drain_and_security(overlay: str) -> None:
     if overlay == "gpu-tp4":
         gpus = _container(pods[0])["resources"]["limits"]["nvidia.com/gpu"]
         assert gpus == flags["tensor-parallel-size"] == "4"
+    if overlay == "multinode":  # one GPU per rank: each pod runs tp / nnodes ranks
+        lws = one(resources, "LeaderWorkerSet")
+        assert lws["spec"]["leaderWorkerTemplate"]["size"] == int(flags["nnodes"])
+        per_node = int(flags["tensor-parallel-size"]) // int(flags["nnodes"])
+        for pod in pods:
+            c = _container(pod)
+            assert c["resources"]["limits"]["nvidia.com/gpu"] == str(per_node)
+            assert c["resources"]["requests"]["nvidia.com/gpu"] == str(per_node)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
@@ -196,3 +259,49 @@ def test_autoscalers_target_the_deployment() -> None:
     ns = {r["metadata"]["namespace"] for r in (so, hpa, dep)}
     assert ns == {"unmask"}
     assert 'namespace="unmask"' in so["spec"]["triggers"][0]["metadata"]["query"]
+
+
+# `pkg/epp/server/options.go` (AddFlags) and the logging options it binds
+# (pkg/common/observability/logging/options.go: -v and controller-runtime's zap flags) in
+# kubernetes-sigs/gateway-api-inference-extension at v1.5.0, less the flags deprecated there.
+EPP_FLAGS = {
+    "grpc-port", "ha-enable-leader-election", "pool-group", "pool-namespace", "pool-name",
+    "endpoint-selector", "endpoint-target-ports", "disable-endpoint-subset-filter",
+    "refresh-metrics-interval", "refresh-prometheus-metrics-interval",
+    "metrics-staleness-threshold", "v", "zap-devel", "zap-encoder", "zap-log-level",
+    "zap-stacktrace-level", "zap-time-encoding", "tracing", "health-checking", "metrics-port",
+    "grpc-health-port", "enable-pprof", "cert-path", "enable-cert-reload", "secure-serving",
+    "metrics-endpoint-auth", "config-file", "config-text",
+}
+# refused at start-up by v1.5.0 (Options.Validate): metrics come from EndpointPickerConfig
+EPP_REFUSED_FLAGS = {"total-queued-requests-metric", "total-running-requests-metric",
+                     "kv-cache-usage-percentage-metric", "lora-info-metric", "cache-info-metric"}
+
+
+def test_endpoint_picker_flags_exist_in_its_pinned_version() -> None:
+    resources = rendered("inference-pool")
+    epp = one(resources, "Deployment", "unmask-epp")["spec"]["template"]["spec"]
+    c = epp["containers"][0]
+    assert c["image"] == EPP_IMAGE, "a new EPP version: re-read its flags and metric defaults"
+    assert all(a.startswith("--") and "=" in a for a in c["args"]), c["args"]
+    flags = dict(a[2:].split("=", 1) for a in c["args"])
+    assert set(flags) <= EPP_FLAGS, f"not flags of {EPP_IMAGE}: {set(flags) - EPP_FLAGS}"
+    assert not set(flags) & EPP_REFUSED_FLAGS
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["grpc"] == int(flags["grpc-port"])
+    assert c["readinessProbe"]["grpc"]["port"] == int(flags["grpc-health-port"])
+    pool = one(resources, "InferencePool")
+    env = {e["name"]: e for e in c["env"]}
+    # the pool's namespace: --pool-namespace, else the NAMESPACE env var (the pod's own)
+    assert "pool-namespace" not in flags
+    assert env["NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert flags["pool-name"] == pool["metadata"]["name"]
+    svc = one(resources, "Service", pool["spec"]["endpointPickerRef"]["name"])
+    assert svc["spec"]["ports"][0]["port"] == pool["spec"]["endpointPickerRef"]["port"]["number"]
+    role = one(resources, "Role", "unmask-epp")
+    granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"]}
+    assert {("inference.networking.k8s.io", "inferencepools"), ("", "pods")} <= granted
+    binding = one(resources, "RoleBinding", "unmask-epp")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "unmask-epp",
+                                    "namespace": "unmask"}]
