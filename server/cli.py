@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -62,8 +63,12 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = args.model or str(default_model_dir())
-    options = {k: v for k, v in dict(
-        device=args.device, dtype=args.dtype, threshold=args.threshold,
+    decoding = dict(PRESETS.get(args.decoding_preset or "", {}))  # explicit flags win
+    decoding |= {k: v for k, v in dict(
+        threshold=args.threshold, editing_threshold=args.editing_threshold,
+        max_post_steps=args.max_post_steps).items() if v is not None}
+    options = decoding | {k: v for k, v in dict(
+        device=args.device, dtype=args.dtype,
         block_size=args.block_size, kv_cache_memory=args.kv_cache_memory,
         num_pages=args.num_pages, max_running_requests=args.max_running_requests,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
@@ -104,6 +109,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# LLaDA2.1 decoding presets (llada2x-decoding.md §1.9); explicit flags override their values
+PRESETS: dict[str, dict[str, float | int]] = {
+    "quality": {"threshold": 0.7, "editing_threshold": 0.5, "max_post_steps": 16},
+    "speed": {"threshold": 0.5, "editing_threshold": 0.0, "max_post_steps": 16},
+}
+
+
+def _editing_threshold(text: str) -> float | str:
+    if text == "off":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number in [0, 1] or 'off', got {text!r}") from None
+
+
 def _check_config(engine: EngineConfig) -> int:
     """Every start-up check the engine makes from the configuration files, without weights;
     what needs the device itself (free memory, GPUs visible) is listed as not checked."""
@@ -121,6 +142,8 @@ def _check_config(engine: EngineConfig) -> int:
         "dtype": str(plan.dtype).removeprefix("torch."), "max_model_len": plan.max_model_len,
         "tensor_parallel_size": engine.tensor_parallel_size, "nnodes": engine.nnodes,
         "ranks_per_node": plan.ranks_per_node,
+        "editing": dataclasses.asdict(editing) if (editing := getattr(plan.mode, "editing",
+                                                                      None)) else None,
         "not_checked": ["GPUs visible per node", "free device memory for the KV pool"],
     }))
     return 0
@@ -137,6 +160,18 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default=None, help="auto | cpu | cuda[:N]")
     s.add_argument("--dtype", default=None, help="auto | bfloat16 | float16 | float32")
     s.add_argument("--threshold", type=float, default=None, help="default commit threshold")
+    s.add_argument("--editing-threshold", type=_editing_threshold, default=None,
+                   metavar="P|off",
+                   help="LLaDA2.1 token editing by default: rewrite a generated token of the "
+                        "active block when the model's new candidate has probability > P "
+                        "(0.0 = maximal editing); 'off' = the LLaDA2.0 rule. Default: the "
+                        "checkpoint's generation_config.json `editing_threshold`, else off")
+    s.add_argument("--max-post-steps", type=int, default=None,
+                   help="editing: mask-free iterations a block may edit in (default: "
+                        "generation_config.json's, else 16)")
+    s.add_argument("--decoding-preset", choices=sorted(PRESETS), default=None,
+                   help="LLaDA2.1 presets: quality = threshold 0.7, editing 0.5, 16 post-steps; "
+                        "speed = 0.5, 0.0, 16 (explicit flags override)")
     s.add_argument("--block-size", type=int, default=None)
     s.add_argument("--kv-cache-memory", default=None, help="e.g. 2GiB")
     s.add_argument("--num-pages", type=int, default=None)

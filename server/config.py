@@ -31,6 +31,10 @@ class SchedulerConfig:
 class DiffusionConfig:
     block_size: int | None = None  # None → architecture default
     threshold: float = 0.95  # default commit threshold (per-request override)
+    # LLaDA2.1 editing default: a threshold, "off", or None = the checkpoint's
+    # generation_config.json `editing_threshold` if it has one, else off
+    editing_threshold: float | str | None = None
+    max_post_steps: int | None = None  # None → generation_config.json's, else 16
     # benchmarking oracle: commit a fixed schedule averaging this many tokens per forward
     # (threshold ignored; figures from it are "simulated TPF"). None = the real rule.
     simulate_tpf: float | None = None

@@ -45,6 +45,16 @@ class SeqStatus(enum.Enum):
 
 
 SAMPLING_EPS = 1e-5  # temperatures below this decode greedily (as vLLM does)
+EDITING_OFF = "off"  # editing switched off: its own state, never a threshold (0.0 = maximal)
+DEFAULT_MAX_POST_STEPS = 16  # LLaDA2.1's reference and model card (llada2x-decoding.md §1.9)
+
+
+@dataclass(frozen=True, slots=True)
+class Editing:
+    """LLaDA2.1 token-to-token editing of one request (llada2x-decoding.md §1.2–1.5)."""
+
+    threshold: float  # a generated token is rewritten when its new candidate's p is above it
+    max_post_steps: int  # mask-free iterations a block may edit in before it must settle
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    # LLaDA2.1 editing: a threshold in [0, 1], EDITING_OFF, or None = the engine's default
+    editing_threshold: float | str | None = None
+    max_post_steps: int | None = None  # None = the engine's default (16)
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -84,6 +97,14 @@ class SamplingParams:
             raise bad("min_commit", f"must be an integer >= 1, got {self.min_commit!r}")
         if any(not s for s in self.stop):
             raise bad("stop", "must not contain empty strings")
+        e = self.editing_threshold
+        if e is not None and e != EDITING_OFF and (
+                isinstance(e, bool) or not isinstance(e, int | float) or not math.isfinite(e)
+                or not 0 <= e <= 1):
+            raise bad("editing_threshold", f"must be in [0, 1] or {EDITING_OFF!r}, got {e!r}")
+        m = self.max_post_steps
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
+            raise bad("max_post_steps", f"must be an integer >= 0, got {m!r}")
 
     @property
     def greedy(self) -> bool:
@@ -155,6 +176,10 @@ class Sequence:
     last_hash: bytes | None = None  # hash-chain value of the last sealed page
     num_emitted: int = 0  # output ids already reported in an EngineOutput
     block_steps: int = 0  # forwards spent on the current block
+    editing: Editing | None = None  # LLaDA2.1 editing rule; None: the 2.0 rule
+    post_steps: int = 0  # iterations of the current block that started mask-free (editing)
+    block_edits: int = 0  # tokens rewritten in the current block (editing)
+    block_settled: bool = False  # editing: the last iteration started mask-free, edited nothing
     generator: torch.Generator | None = None  # per-request sampler state (seeded requests)
     grammar: GrammarState | None = None  # set when the compiled grammar is ready
     finish_reason: FinishReason | None = None
@@ -245,6 +270,8 @@ class StepStats:
     tokens_committed: int = 0  # output tokens committed this step
     blocks_completed: int = 0
     steps_per_block: list[int] = field(default_factory=list)  # of each block completed
+    edits_per_block: list[int] = field(default_factory=list)  # of each editing block completed
+    post_steps_per_block: list[int] = field(default_factory=list)  # likewise
     num_preempted: int = 0
     num_running: int = 0
     num_waiting: int = 0

@@ -23,6 +23,8 @@ LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.
                    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 TPF_BUCKETS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 SPB_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32)
+EDIT_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+POST_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 TOKEN_BUCKETS = tuple(m * 10**e for e in range(7) for m in (1, 2, 5))  # vLLM's 1-2-5 series
 
 # unmask name -> vLLM names of the same series (vLLM >= 0.10 names; older aliases beside them)
@@ -109,6 +111,10 @@ class Metrics:
         self.tpf = hist("tokens_per_forward", "Tokens committed per forward, per step.",
                         TPF_BUCKETS)
         self.spb = hist("steps_per_block", "Denoise steps a diffusion block took.", SPB_BUCKETS)
+        self.edits_per_block = hist("edits_per_block", "LLaDA2.1 token edits in a completed "
+                                    "editing block.", EDIT_BUCKETS)
+        self.post_steps_per_block = hist("post_steps_per_block", "Mask-free iterations a "
+                                         "completed editing block took.", POST_BUCKETS)
         self.request_prompt = hist("request_prompt_tokens", "Prompt tokens per finished "
                                    "request.", TOKEN_BUCKETS)
         self.request_generation = hist("request_generation_tokens", "Generated tokens per "
@@ -127,6 +133,10 @@ class Metrics:
             self.tpf.labels(m).observe(s.tokens_per_forward)
         for n in s.steps_per_block:
             self.spb.labels(m).observe(n)
+        for n in s.edits_per_block:
+            self.edits_per_block.labels(m).observe(n)
+        for n in s.post_steps_per_block:
+            self.post_steps_per_block.labels(m).observe(n)
         if s.num_preempted:
             self.preemptions.labels(m).inc(s.num_preempted)
         if s.prefix_query_tokens:

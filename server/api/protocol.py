@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 MAX_N = 128  # hard ceiling; the served limit is `RequestLimits.max_n`
@@ -52,6 +52,10 @@ class SamplingFields(OpenAIModel):
     # extensions (vLLM names where vLLM has them)
     return_token_ids: bool = False
     threshold: Prob | None = None
+    # LLaDA2.1 token editing (docs/editing.md): a threshold in [0, 1] or "off"; absent: the
+    # server's default. 0.0 is maximal editing, never "off".
+    editing_threshold: float | str | None = None
+    max_post_steps: Annotated[int, Field(ge=0, le=1024)] | None = None
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
 
@@ -70,6 +74,14 @@ class SamplingFields(OpenAIModel):
         if isinstance(self.stop, list) and any(not s for s in self.stop) or self.stop == "":
             raise ValueError("stop strings must not be empty")
         return self
+
+    @field_validator("editing_threshold")
+    @classmethod
+    def _editing(cls, v: float | str | None) -> float | str | None:
+        if v is None or v == "off" or (isinstance(v, float | int) and not isinstance(v, bool)
+                                       and 0 <= v <= 1):
+            return v
+        raise ValueError(f"editing_threshold must be a number in [0, 1] or 'off', got {v!r}")
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -113,7 +113,8 @@ class OpenAIServing:
                 max_tokens=max_tokens, temperature=req.temperature or 0.0,
                 top_k=req.top_k or 0, top_p=req.top_p if req.top_p is not None else 1.0,
                 seed=seed, threshold=req.threshold, stop=req.stop_list(),
-                stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=req.ignore_eos)
+                stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=req.ignore_eos,
+                editing_threshold=req.editing_threshold, max_post_steps=req.max_post_steps)
         except ValueError as e:
             raise APIError(400, str(e)) from None
 

@@ -12,6 +12,7 @@ import torch
 
 from server.config import EngineConfig
 from server.core import (
+    EDITING_OFF,
     Batch,
     EngineOutput,
     FinishReason,
@@ -144,6 +145,10 @@ class Engine:
                 f"However, you requested {need} tokens ({P} in the prompt, {p.max_tokens} "
                 f"to generate{self._grid_note(P, p.max_tokens, need)})."
             )
+        if not isinstance(self.mode, BlockDiffusion) and (
+                p.editing_threshold not in (None, EDITING_OFF) or p.max_post_steps is not None):
+            raise ValueError("editing_threshold and max_post_steps apply to block-diffusion "
+                             "checkpoints only; this one is autoregressive")
         pages = self.kv.pages_for(need)
         if pages > self.kv.pool.num_pages:
             raise ValueError(f"the request needs {pages} KV pages; the pool holds "

@@ -7,9 +7,16 @@ from typing import Protocol
 
 import torch
 
-from server.core import GenerateRequest, Segment, Sequence
+from server.core import (
+    DEFAULT_MAX_POST_STEPS,
+    EDITING_OFF,
+    Editing,
+    GenerateRequest,
+    Segment,
+    Sequence,
+)
 from server.grammar.accept import RowSampling, accept_in_order
-from unmask_kernels import SamplingBatch, accept_blocks
+from unmask_kernels import EditBatch, SamplingBatch, accept_blocks
 
 
 class DecodeMode(Protocol):
@@ -63,10 +70,19 @@ def oracle_commits(tpf: float, step: int) -> int:
 
 
 class BlockDiffusion:
-    def __init__(self, block_size: int, mask_id: int, threshold: float) -> None:
+    """LLaDA2.0 threshold decoding, and per request LLaDA2.1 joint decoding with token editing
+    (llada2x-decoding.md §1). An editing block is complete after an iteration that started
+    mask-free and edited nothing (the reference's no-update end); once `max_post_steps`
+    mask-free iterations have run, edits stop, so the next iteration settles it (the budget
+    end, one forward later than the reference, same tokens). Either way the block's last
+    forward had its final tokens as input: its KV is final and it is never re-forwarded."""
+
+    def __init__(self, block_size: int, mask_id: int, threshold: float,
+                 editing: Editing | None = None) -> None:
         self.attn_block = self.page_size = self.block_size = block_size
         self.mask_id = mask_id
         self.threshold = threshold
+        self.editing = editing  # the default of requests that do not choose
         self.accept_fn = accept_blocks  # the "acceptance" registry's choice (engine sets it)
         self.simulate_tpf: float | None = None  # benchmarking oracle, see DiffusionConfig
 
@@ -75,7 +91,27 @@ class BlockDiffusion:
         start = P // B * B  # absolute grid: the prompt tail shares the first active block
         tail = list(req.prompt_ids[start:])
         return Sequence(req=req, tokens=list(req.prompt_ids[:start]),
-                        block=tail + [self.mask_id] * (B - len(tail)), block_start=start)
+                        block=tail + [self.mask_id] * (B - len(tail)), block_start=start,
+                        editing=self.editing_of(req))
+
+    def editing_of(self, req: GenerateRequest) -> Editing | None:
+        """The request's editing rule; ValueError for a combination that would be ignored.
+        Grammar-constrained requests commit in order at the matcher's frontier, so every
+        generated position is consumed by the matcher: they never edit (docs/editing.md)."""
+        p, default = req.params, self.editing
+        t = p.editing_threshold
+        if t is None:
+            t = EDITING_OFF if default is None else default.threshold
+        if t == EDITING_OFF:
+            if p.max_post_steps is not None:
+                raise ValueError("max_post_steps needs editing on (editing_threshold)")
+            return None
+        if req.grammar is not None:
+            return None
+        posts = p.max_post_steps
+        if posts is None:
+            posts = default.max_post_steps if default is not None else DEFAULT_MAX_POST_STEPS
+        return Editing(float(t), posts)
 
     def num_final(self, seq: Sequence) -> int:
         return seq.block_start
@@ -108,23 +144,48 @@ class BlockDiffusion:
         return counts
 
     def _accept_free(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
-        """logits [S, B, V]: confidence-threshold acceptance anywhere in each block."""
+        """logits [S, B, V]: confidence-threshold acceptance anywhere in each block, and the
+        token-to-token edits of editing rows."""
         dev, S = logits.device, len(seqs)
         blocks = torch.tensor([s.block for s in seqs], dtype=torch.long, device=dev)  # [S, B]
-        undecided = torch.tensor([self.undecided(s) for s in seqs], device=dev)  # [S, B]
+        undecided_rows = [self.undecided(s) for s in seqs]
+        undecided = torch.tensor(undecided_rows, device=dev)  # [S, B]
         thr, ks = [self._threshold(s) for s in seqs], [s.params.min_commit for s in seqs]
         if self.simulate_tpf is not None:  # nothing passes 2.0: the k most confident commit
             thr, ks = [2.0] * S, [oracle_commits(self.simulate_tpf, s.block_steps) for s in seqs]
+        # an editing row's iteration is a post-step when it starts mask-free; past the budget
+        # it may not edit (threshold +inf), which settles the block
+        posts = [s.post_steps + (True not in u) for s, u in zip(seqs, undecided_rows,
+                                                                 strict=True)]
+        edits = None
+        if any(s.editing is not None for s in seqs):
+            ethr = [s.editing.threshold if s.editing is not None
+                    and n <= s.editing.max_post_steps else float("inf")
+                    for s, n in zip(seqs, posts, strict=True)]
+            edits = EditBatch(torch.tensor(ethr, dtype=torch.float32, device=dev),
+                              torch.tensor([self.generated(s) for s in seqs], device=dev),
+                              torch.zeros(S, self.block_size, dtype=torch.bool, device=dev))
         committed = self.accept_fn(
             logits, blocks, undecided,
             threshold=torch.tensor(thr, dtype=torch.float32, device=dev),
             min_commit=torch.tensor(ks, device=dev),
-            mask_id=self.mask_id, sampling=_sampling(seqs),
+            mask_id=self.mask_id, sampling=_sampling(seqs), edits=edits,
         )
-        counts = committed.sum(1).tolist()
-        for seq, ids in zip(seqs, blocks.tolist(), strict=True):
+        per_row = committed.sum(1) if edits is None else torch.stack(
+            [committed.sum(1), edits.edited.sum(1)])  # one host read below
+        counts, edited = (per_row.tolist(), [0] * S) if edits is None else per_row.tolist()
+        for seq, ids, n, u, e in zip(seqs, blocks.tolist(), posts, undecided_rows, edited,
+                                     strict=True):
             seq.block = ids
+            if seq.editing is not None:
+                seq.post_steps, seq.block_edits = n, seq.block_edits + e
+                seq.block_settled = True not in u and e == 0
         return counts
+
+    def generated(self, seq: Sequence) -> list[bool]:
+        """Block positions past the prompt (the only ones an edit may touch)."""
+        frozen = max(0, seq.prompt_len - seq.block_start)
+        return [i >= frozen for i in range(self.block_size)]
 
     def _accept_constrained(self, seq: Sequence, logits: torch.Tensor) -> int:
         """logits [B, V]: in-order acceptance at the frontier under the sequence's grammar."""
@@ -146,9 +207,12 @@ class BlockDiffusion:
         return self.threshold if t is None else t
 
     def output_ids(self, seq: Sequence) -> list[int]:
+        """Editing rows: completed blocks only (any active-block token may still change)."""
         assert seq.block is not None
         P = seq.prompt_len
         out = seq.tokens[P:]
+        if seq.editing is not None:
+            return out
         for t in seq.block[max(0, P - seq.block_start):]:
             if t == self.mask_id:
                 break
@@ -157,12 +221,18 @@ class BlockDiffusion:
 
     def advance(self, seq: Sequence) -> bool:
         assert seq.block is not None
-        if any(self.undecided(seq)):
+        if seq.editing is not None:
+            if not seq.block_settled:
+                return False
+            # its last forward's input was the final block: that KV is final (§1.6)
+            seq.num_cached = seq.block_start + self.block_size
+        elif any(self.undecided(seq)):
             return False
         seq.tokens.extend(seq.block)
         seq.block_start += self.block_size
         seq.block = [self.mask_id] * self.block_size
-        seq.block_steps = 0
+        seq.block_steps = seq.post_steps = seq.block_edits = 0
+        seq.block_settled = False
         return True
 
 

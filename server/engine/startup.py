@@ -6,12 +6,14 @@ Every inconsistency raises ValueError naming the flag or file at fault."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from server.config import AR_PAGE_SIZE, DIFFUSION_DEFAULTS, EngineConfig, parse_bytes
+from server.core import DEFAULT_MAX_POST_STEPS, EDITING_OFF, Editing, SamplingParams
 from server.distributed.group import check_tp_size
 from server.distributed.node import check_topology
 from server.engine.modes import Autoregressive, BlockDiffusion, DecodeMode
@@ -67,8 +69,13 @@ def plan_startup(cfg: EngineConfig) -> StartupPlan:
         block = cfg.diffusion.block_size or DIFFUSION_DEFAULTS[mcfg.architecture]["block_size"]
         if block < 1:
             raise ValueError(f"--block-size must be >= 1, got {block}")
-        mode = BlockDiffusion(block, specials.mask_id, cfg.diffusion.threshold)
+        mode = BlockDiffusion(block, specials.mask_id, cfg.diffusion.threshold,
+                              default_editing(cfg, model_dir))
     else:
+        if cfg.diffusion.editing_threshold not in (None, EDITING_OFF) or \
+                cfg.diffusion.max_post_steps is not None:
+            raise ValueError("--editing-threshold/--max-post-steps apply to block-diffusion "
+                             f"checkpoints; {model_dir} is autoregressive")
         mode = Autoregressive(AR_PAGE_SIZE)
     if cfg.scheduler.max_num_batched_tokens < 2 * mode.page_size:
         raise ValueError(f"--max-num-batched-tokens must be >= {2 * mode.page_size} "
@@ -85,6 +92,27 @@ def plan_startup(cfg: EngineConfig) -> StartupPlan:
             1, mcfg.num_key_value_heads // cfg.tensor_parallel_size))
         kv_pages(cfg, local, mode.page_size, dtype, device)
     return plan
+
+
+def default_editing(cfg: EngineConfig, model_dir: Path) -> Editing | None:
+    """The engine's LLaDA2.1 editing default: the flags, else the checkpoint's
+    generation_config.json (`editing_threshold`, `max_post_steps`), else off. LLaDA2.0 and 2.1
+    share one architecture, so only the configuration can tell a 2.1 checkpoint."""
+    gen_file = model_dir / "generation_config.json"
+    gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
+    t = cfg.diffusion.editing_threshold
+    if t is None:
+        t = gen.get("editing_threshold", EDITING_OFF)
+    if t is None:  # a generation config may say null: off
+        t = EDITING_OFF
+    posts = cfg.diffusion.max_post_steps
+    if posts is None:
+        posts = gen.get("max_post_steps", DEFAULT_MAX_POST_STEPS)
+    try:  # the request-level validation, with the flag's name in the message
+        SamplingParams(editing_threshold=t, max_post_steps=posts)
+    except ValueError as e:
+        raise ValueError(f"--{str(e).replace('_', '-')}") from None
+    return None if t == EDITING_OFF else Editing(float(t), posts)
 
 
 def kv_pages(cfg: EngineConfig, m: ModelConfig, page_size: int, dtype: torch.dtype,

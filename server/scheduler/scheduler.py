@@ -131,15 +131,24 @@ class Scheduler:
             seq.stats.steps += 1
             seq.block_steps += 1
             self.stats.tokens_committed += n
+            self._advance(seq)  # before the stop checks: an editing row emits whole blocks
             out = self._emit(seq)
             if out is not None:
                 outputs.append(out)
-            block_steps = seq.block_steps
-            if seq.status is SeqStatus.RUNNING and self.mode.advance(seq):
-                seq.stats.blocks += 1
-                self.stats.blocks_completed += 1
-                self.stats.steps_per_block.append(block_steps)
         return outputs
+
+    def _advance(self, seq: Sequence) -> None:
+        steps, edits, posts, editing = (seq.block_steps, seq.block_edits, seq.post_steps,
+                                        seq.editing is not None)
+        if not self.mode.advance(seq):
+            return
+        self.kv.seal(seq)  # an editing block's KV may have become final just now
+        seq.stats.blocks += 1
+        self.stats.blocks_completed += 1
+        self.stats.steps_per_block.append(steps)
+        if editing:
+            self.stats.edits_per_block.append(edits)
+            self.stats.post_steps_per_block.append(posts)
 
     def _emit(self, seq: Sequence) -> EngineOutput | None:
         """Report the growth of the contiguous committed output; finish on a stop id or

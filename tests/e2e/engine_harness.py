@@ -9,10 +9,14 @@ from typing import Any
 
 import torch
 
-from server.core import FinishReason, GenerateRequest
+from server.core import Editing, FinishReason, GenerateRequest
 from server.engine.engine import Engine
 from server.engine.llm import engine_config
-from tests.reference.decode import reference_ar_greedy, reference_generate
+from tests.reference.decode import (
+    reference_ar_greedy,
+    reference_generate,
+    reference_generate_editing,
+)
 from tests.reference.model import ReferenceModel, load_reference
 
 
@@ -75,21 +79,47 @@ def run(engine: Engine, reqs: list[tuple[Any, ...]], stagger: int = 0) -> Run:
 
 _models: dict[Path, ReferenceModel] = {}
 _answers: dict[tuple, list[int]] = {}
+_traces: dict[tuple, list[tuple[int, bool]]] = {}
+_margins: dict[tuple, list[float]] = {}
 
 
 def reference(model_dir: Path, ids: list[int], max_tokens: int, eos: tuple[int, ...],
-              threshold: float = 0.95, ar: bool = False) -> list[int]:
-    key = (model_dir, tuple(ids), max_tokens, eos, threshold, ar)
+              threshold: float = 0.95, ar: bool = False,
+              editing: Editing | None = None) -> list[int]:
+    return reference_traced(model_dir, ids, max_tokens, eos, threshold, ar, editing).tokens
+
+
+@dataclass
+class Traced:
+    tokens: list[int]
+    blocks: list[tuple[int, bool]]  # editing only: (forwards, ended by the post-step budget)
+    margin: float  # editing only: the closest any decision came to its boundary
+
+
+def reference_traced(model_dir: Path, ids: list[int], max_tokens: int, eos: tuple[int, ...],
+                     threshold: float = 0.95, ar: bool = False, editing: Editing | None = None
+                     ) -> Traced:
+    key = (model_dir, tuple(ids), max_tokens, eos, threshold, ar, editing)
     if key not in _answers:
         model = _models.get(model_dir) or _models.setdefault(model_dir, load_reference(model_dir))
+        trace: list[tuple[int, bool]] = []
+        margins: list[float] = [float("inf")]
+        _traces[key] = trace
+        _margins[key] = margins
         with torch.inference_mode():
-            if ar:
+            if editing is not None:
+                _answers[key] = reference_generate_editing(
+                    model, ids, max_tokens, block_length=32, threshold=threshold,
+                    editing_threshold=editing.threshold, max_post_steps=editing.max_post_steps,
+                    mask_id=_mask_id(model_dir), eos_ids=eos, forwards=trace,
+                    margins=margins)
+            elif ar:
                 _answers[key] = reference_ar_greedy(model, ids, max_tokens, eos_ids=eos)
             else:
                 _answers[key] = reference_generate(
                     model, ids, max_tokens, block_length=32, threshold=threshold,
                     mask_id=_mask_id(model_dir), eos_ids=eos)
-    return _answers[key]
+    return Traced(_answers[key], _traces[key], min(_margins[key]))
 
 
 def _mask_id(model_dir: Path) -> int:

@@ -34,24 +34,33 @@ def decode(model_dir: Path, ids: list[int], keep: tuple[str, ...] = ()) -> str:
     return TokenizerInfo(model_dir).keeping(keep).decode(ids)
 
 
-@pytest.mark.parametrize(("weights", "pages"), [("tiny_llada2", 16), ("tiny_llada2_peaky", 9)])
+@pytest.mark.parametrize(("weights", "pages", "editing"), [
+    ("tiny_llada2", 16, "off"), ("tiny_llada2_peaky", 9, "off"), ("tiny_llada2", 16, 0.0)])
 def test_constrained_outputs_are_valid_and_independent_of_batching(
-        weights: str, pages: int, request: pytest.FixtureRequest) -> None:
+        weights: str, pages: int, editing: float | str, request: pytest.FixtureRequest) -> None:
+    """Also with LLaDA2.1 editing on by default (0.0: maximal), where constrained requests keep
+    the in-order rule (docs/editing.md) beside editing neighbours."""
     model_dir: Path = request.getfixturevalue(weights)
     tools = tool_spec(model_dir)
     reqs = [(f"r{i}", make_prompt(model_dir, 40 + 9 * i, seed=i), SamplingParams(max_tokens=160),
              SPEC if i % 2 else tools) for i in range(10)]
+    if editing != "off":  # unconstrained, editing requests share the steps
+        reqs += [(f"e{i}", make_prompt(model_dir, 30 + 5 * i, seed=50 + i),
+                  SamplingParams(max_tokens=60, ignore_eos=True)) for i in range(3)]
     alone = {}
     for r in reqs:
-        alone.update(run(make_engine(model_dir), [r]).tokens)
-    engine = make_engine(model_dir, max_running_requests=8, num_pages=pages)
+        alone.update(run(make_engine(model_dir, editing_threshold=editing), [r]).tokens)
+    engine = make_engine(model_dir, max_running_requests=8, num_pages=pages,
+                         editing_threshold=editing)
     together = run(engine, reqs, stagger=1)
     assert together.preempted > 0
     assert together.tokens == alone
     assert engine.kv.pool.num_used == 0
     eos = read_special_ids(model_dir).eos_ids
-    for rid, _, _, spec in reqs:
-        out = together.tokens[rid]
+    for rid, _, _, *grammar in reqs:
+        if not grammar:
+            continue
+        spec, out = grammar[0], together.tokens[rid]
         assert together.reasons[rid] is FinishReason.STOP and out[-1] in eos
         text = decode(model_dir, out, keep=HermesToolParser.keep_tokens)
         if spec is SPEC:

@@ -55,6 +55,82 @@ def reference_generate(model: ReferenceModel, prompt_ids: list[int], gen_length:
     return answer
 
 
+def reference_generate_editing(model: ReferenceModel, prompt_ids: list[int], gen_length: int,
+                               *, block_length: int = 32, threshold: float,
+                               editing_threshold: float, max_post_steps: int, mask_id: int,
+                               eos_ids: Sequence[int], min_commit: int = 1,
+                               forwards: list[tuple[int, bool]] | None = None,
+                               margins: list[float] | None = None) -> list[int]:
+    """Greedy LLaDA2.1 joint decoding (llada2x-decoding.md §1.2–1.8, the R21 loop): per
+    iteration, mask-to-token on the masked positions (threshold, top-`min_commit` fallback) and
+    token-to-token edits on the generated, non-masked positions of the block (argmax differs,
+    probability > `editing_threshold`). A block ends on an iteration that starts mask-free and
+    edits nothing, or — before forwarding — once more than `max_post_steps` iterations started
+    mask-free. Rule shared with the engine: the mask id is never a candidate (logit −inf).
+    `forwards`, if given, receives (forwards, ended by the budget) of each block; `margins`
+    the smallest distance of each iteration's decisions from their boundary (top-1 vs top-2
+    logit where a token is written or may be, p vs each threshold it is compared with, the
+    fallback's last taken vs first left confidence, relative): below ~1e-4 a cached engine
+    may decide otherwise."""
+    B, P = block_length, len(prompt_ids)
+    n_blocks = -(-(P + gen_length) // B)
+    N = n_blocks * B
+    x = torch.tensor(list(prompt_ids) + [mask_id] * (N - P))
+    visible = block_causal_visible(N, B)
+    eos = set(eos_ids)
+    for b in range(P // B, n_blocks):
+        lo, hi = b * B, (b + 1) * B
+        generated = torch.arange(lo, hi) >= P  # [B]: prompt positions are never touched
+        post, n_forwards, budget_end = 0, 0, False
+        while True:
+            old = x[lo:hi].clone()
+            masked = (old == mask_id) & generated  # [B]
+            if not masked.any():
+                post += 1
+                if post > max_post_steps:
+                    budget_end = True
+                    break  # budget end, no forward
+            logits = model.forward(x[:hi], visible[:hi, :hi])[lo:hi]  # [B, V]
+            n_forwards += 1
+            logits[:, mask_id] = -torch.inf
+            conf, tok = torch.softmax(logits, dim=-1).max(dim=-1)  # [B] each
+            commit = torch.zeros(B, dtype=torch.bool)
+            gaps = [float("inf")]
+            if masked.any():
+                above = (conf > threshold) & masked
+                k = min(min_commit, int(masked.sum()))
+                if int(above.sum()) >= k:
+                    commit = above
+                else:
+                    ranked = torch.where(masked, conf, -torch.inf).sort(descending=True).values
+                    commit[torch.topk(torch.where(masked, conf, -torch.inf), k).indices] = True
+                    if k < int(masked.sum()):  # relative: confidences may all be ~1/V
+                        gaps.append(float((ranked[k - 1] - ranked[k]) / ranked[k - 1]))
+                gaps.append(float((conf[masked] - threshold).abs().min()))
+            edit = generated & ~masked & (conf > editing_threshold) & (tok != old)
+            if margins is not None:  # argmax near-ties matter where a token is written
+                top2 = logits.topk(2, dim=-1).values  # [B, 2]
+                decided = commit | (generated & ~masked & (conf > editing_threshold))
+                if decided.any():
+                    gaps.append(float((top2[decided, 0] - top2[decided, 1]).min()))
+                changed = generated & ~masked & (tok != old)
+                if changed.any():
+                    gaps.append(float((conf[changed] - editing_threshold).abs().min()))
+                margins.append(min(gaps))
+            x[lo:hi] = torch.where(commit | edit, tok, old)
+            if not masked.any() and not edit.any():
+                break  # no-update end
+        if forwards is not None:
+            forwards.append((n_forwards, budget_end))
+        if any(int(t) in eos for t in x[P:hi]):
+            break
+    answer = x[P : P + gen_length].tolist()
+    for i, t in enumerate(answer):
+        if t in eos:
+            return answer[: i + 1]
+    return answer
+
+
 def reference_ar_greedy(model: ReferenceModel, prompt_ids: list[int], max_tokens: int, *,
                         eos_ids: Sequence[int]) -> list[int]:
     """Plain causal greedy loop: full forward each step, argmax at the last position."""

@@ -91,3 +91,38 @@ def test_registry_picks_once_and_rejects_unknown() -> None:
     assert name == "triton" and fn.__module__.endswith("triton_accept")
     with pytest.raises(ValueError, match="unknown acceptance backend"):
         resolve("acceptance", "cutlass", "cpu")
+
+
+@pytest.mark.parametrize(("seed", "S", "B", "V", "dtype"), [
+    (10, 4, 8, 300, torch.float32), (11, 6, 32, 257, torch.float32),
+    (12, 3, 16, 1000, torch.bfloat16)])
+def test_edits_in_a_mixed_batch_equal_reference(seed: int, S: int, B: int, V: int,
+                                                dtype: torch.dtype) -> None:
+    """LLaDA2.0 rows (editing off: +inf) and LLaDA2.1 rows (thresholds 0.0 and 0.5) in one
+    call: ids, M2T set and edit set equal the torch reference."""
+    from unmask_kernels.acceptance.ref import EditBatch
+    from unmask_kernels.acceptance.triton_accept import fused_accept
+
+    logits, ids, undecided, thr, k = _case(seed, S, B, V, dtype)
+    g = torch.Generator().manual_seed(seed + 100)
+    # some decided positions already hold the argmax (no edit), the rest something else
+    argmax = logits.float().masked_fill(torch.arange(V) == MASK, -torch.inf).argmax(-1)
+    keep = torch.rand(S, B, generator=g) < 0.3
+    ids = torch.where(~undecided & keep, argmax, ids)
+    editable = ~undecided & (torch.rand(S, B, generator=g) < 0.9)  # some are prompt positions
+    ethr = torch.tensor([float("inf"), 0.0, 0.5] * S)[:S]
+
+    def edits() -> EditBatch:
+        return EditBatch(ethr, editable, torch.zeros(S, B, dtype=torch.bool))
+
+    ref_block, ref_edits = ids.clone(), edits()
+    ref_committed = accept_blocks(logits.float(), ref_block, undecided, thr, k, MASK,
+                                  edits=ref_edits)
+    block, out_edits = ids.clone(), edits()
+    out = fused_accept(logits, block, undecided, thr, k, MASK, num_splits=2, block_v=64,
+                       edits=out_edits)
+    assert torch.equal(block, ref_block)
+    assert torch.equal(out.committed, ref_committed)
+    assert torch.equal(out_edits.edited, ref_edits.edited)
+    assert ref_edits.edited[1:].any(), "the case must exercise edits"
+    assert not ref_edits.edited[0].any() and not (ref_edits.edited & ~editable).any()

@@ -5,6 +5,11 @@ every undecided position gets a token (argmax, or a sample) and its confidence (
 commit all undecided positions with confidence > threshold if there are at least k of them,
 otherwise the min(k, #undecided) most confident. Every call commits >= 1 token per block that
 has an undecided position, so a block finishes in at most B calls.
+
+With `edits` (LLaDA2.1 token-to-token editing, llada2x-decoding.md §1.2 step 5) the same
+(token, confidence) pairs also rewrite editable positions — generated, not masked at the top of
+the step — whose token differs and whose confidence is above the row's editing threshold. The
+two sets are disjoint (an undecided position is never editable).
 """
 
 from __future__ import annotations
@@ -24,6 +29,13 @@ class SamplingBatch:
     generators: list[torch.Generator | None]
 
 
+@dataclass(slots=True)
+class EditBatch:
+    threshold: torch.Tensor  # [S] fp32; +inf turns editing off for the row (never 0: maximal)
+    editable: torch.Tensor  # [S, B] bool: generated positions not masked at the top of the step
+    edited: torch.Tensor  # [S, B] bool, written: positions rewritten by an edit this step
+
+
 def accept_blocks(
     logits: torch.Tensor,  # [S, B, V] fp32 (scratch: modified)
     block_ids: torch.Tensor,  # [S, B] long, updated in place
@@ -32,9 +44,14 @@ def accept_blocks(
     min_commit: torch.Tensor,  # [S] long
     mask_id: int,
     sampling: SamplingBatch | None = None,
+    edits: EditBatch | None = None,
 ) -> torch.Tensor:  # committed [S, B] bool
     logits[..., mask_id] = -torch.inf
     tokens, conf = _choose(logits, sampling)  # [S, B] each
+    if edits is not None:
+        edits.edited.copy_(edits.editable & ~undecided & (tokens != block_ids)
+                           & (conf > edits.threshold[:, None]))
+        block_ids.copy_(torch.where(edits.edited, tokens, block_ids))
     conf = conf.masked_fill(~undecided, -torch.inf)
     above = (conf > threshold[:, None]) & undecided
     k = torch.minimum(min_commit, undecided.sum(1))  # [S]

@@ -6,7 +6,9 @@ Two launches, no host synchronisation:
    keeps an online (max, argmax, sum of exp(x - max)) with the mask id excluded.
 2. `_select`, grid [S]: merges a block's slices (confidence = exp(max - lse) = 1 / sum), applies
    threshold + most-confident fallback, writes the accepted ids into `block_ids` in place and
-   the per-sequence committed count and block-done flag.
+   the per-sequence committed count and block-done flag; with edits (LLaDA2.1), also rewrites
+   editable positions whose candidate differs with confidence above the row's editing
+   threshold, and writes the edited flags.
 Splitting the vocabulary keeps every SM streaming even for one sequence (S*B = 32 rows).
 Ties: the lowest token id wins the argmax and the lowest position wins a confidence tie.
 Sampled rows (temperature > 0) are drawn by the torch sampler on their rows only and enter
@@ -20,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .ref import SamplingBatch, sample_rows
+from .ref import EditBatch, SamplingBatch, sample_rows
 
 BLOCK_V = 2048
 
@@ -56,8 +58,9 @@ def _row_partials(logits_ptr, row_stride, V, mask_id, chunk,
 @triton.jit
 def _select(m_ptr, s_ptr, idx_ptr, given_ptr, given_tok_ptr, given_conf_ptr,
             ids_ptr, undecided_ptr, thr_ptr, k_ptr, committed_ptr, tok_ptr, conf_ptr,
-            counts_ptr, done_ptr, B, NSPLIT: tl.constexpr, BLOCK_B: tl.constexpr,
-            BLOCK_N: tl.constexpr, HAS_GIVEN: tl.constexpr):
+            counts_ptr, done_ptr, editable_ptr, ethr_ptr, edited_ptr, B, NSPLIT: tl.constexpr,
+            BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, HAS_GIVEN: tl.constexpr,
+            EDIT: tl.constexpr):
     seq = tl.program_id(0)
     b = tl.arange(0, BLOCK_B)
     n = tl.arange(0, BLOCK_N)
@@ -80,6 +83,12 @@ def _select(m_ptr, s_ptr, idx_ptr, given_ptr, given_tok_ptr, given_conf_ptr,
         tok = tl.where(g, tl.load(given_tok_ptr + rows, mask=in_b, other=0).to(tl.int32), tok)
         conf = tl.where(g, tl.load(given_conf_ptr + rows, mask=in_b, other=0.0), conf)
     und = (tl.load(undecided_ptr + rows, mask=in_b, other=0) != 0) & in_b
+    ids = tl.load(ids_ptr + rows, mask=in_b, other=0)
+    if EDIT:  # T2T: same (token, confidence) as M2T, on editable positions only
+        editable = (tl.load(editable_ptr + rows, mask=in_b, other=0) != 0) & in_b & ~und
+        edited = editable & (tok.to(ids.dtype) != ids) & (conf > tl.load(ethr_ptr + seq))
+        tl.store(edited_ptr + rows, edited.to(tl.int8), mask=in_b)
+        ids = tl.where(edited, tok.to(ids.dtype), ids)
     conf = tl.where(und, conf, -float("inf"))
     thr = tl.load(thr_ptr + seq)
     above = (conf > thr) & und
@@ -91,7 +100,6 @@ def _select(m_ptr, s_ptr, idx_ptr, given_ptr, given_tok_ptr, given_conf_ptr,
     beats = (cj > ci) | ((cj == ci) & (b[None, :] < b[:, None]))  # j ranks before i
     rank = tl.sum((beats & und[None, :]).to(tl.int32), axis=1)
     chosen = tl.where(n_above >= k, above, rank < k) & und
-    ids = tl.load(ids_ptr + rows, mask=in_b, other=0)
     tl.store(ids_ptr + rows, tl.where(chosen, tok.to(ids.dtype), ids), mask=in_b)
     tl.store(committed_ptr + rows, chosen.to(tl.int8), mask=in_b)
     tl.store(tok_ptr + rows, tok, mask=in_b)
@@ -128,6 +136,7 @@ def fused_accept(
     sampling: SamplingBatch | None = None,
     num_splits: int | None = None,
     block_v: int = BLOCK_V,
+    edits: EditBatch | None = None,
 ) -> AcceptOutput:
     S, B, V = logits.shape
     dev = logits.device
@@ -161,18 +170,27 @@ def fused_accept(
     counts = torch.empty(S, dtype=torch.int32, device=dev)
     done = torch.empty(S, dtype=torch.int8, device=dev)
     assert block_ids.is_contiguous() and undecided.is_contiguous()
+    editable = ethr = edited = committed  # placeholders without edits
+    if edits is not None:
+        editable = edits.editable.contiguous().view(torch.int8)
+        ethr = edits.threshold.float().contiguous()
+        edited = torch.empty(S, B, dtype=torch.int8, device=dev)
     _select[(S,)](m, s, idx, given, given_tok, given_conf, block_ids,
                   undecided.view(torch.int8), threshold.float().contiguous(),
-                  min_commit.contiguous(), committed, tokens, conf, counts, done, B,
-                  NSPLIT=ns, BLOCK_B=triton.next_power_of_2(B),
-                  BLOCK_N=triton.next_power_of_2(ns), HAS_GIVEN=given is not m)
+                  min_commit.contiguous(), committed, tokens, conf, counts, done,
+                  editable, ethr, edited, B, NSPLIT=ns, BLOCK_B=triton.next_power_of_2(B),
+                  BLOCK_N=triton.next_power_of_2(ns), HAS_GIVEN=given is not m,
+                  EDIT=edits is not None)
+    if edits is not None:
+        edits.edited.copy_(edited.view(torch.bool))
     return AcceptOutput(committed.view(torch.bool), counts, done.view(torch.bool), tokens,
                         conf)
 
 
 def accept_blocks(logits: torch.Tensor, block_ids: torch.Tensor, undecided: torch.Tensor,
                   threshold: torch.Tensor, min_commit: torch.Tensor, mask_id: int,
-                  sampling: SamplingBatch | None = None) -> torch.Tensor:
+                  sampling: SamplingBatch | None = None, edits: EditBatch | None = None
+                  ) -> torch.Tensor:
     """Drop-in for `ref.accept_blocks` (committed [S, B] bool); logits are not modified."""
     return fused_accept(logits, block_ids, undecided, threshold, min_commit, mask_id,
-                        sampling).committed
+                        sampling, edits=edits).committed
