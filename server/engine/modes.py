@@ -171,12 +171,12 @@ class BlockDiffusion:
             min_commit=torch.tensor(ks, device=dev),
             mask_id=self.mask_id, sampling=_sampling(seqs), edits=edits,
         )
-        per_row = committed.sum(1) if edits is None else torch.stack(
-            [committed.sum(1), edits.edited.sum(1)])  # one host read below
-        counts, edited = (per_row.tolist(), [0] * S) if edits is None else per_row.tolist()
-        for seq, ids, n, u, e in zip(seqs, blocks.tolist(), posts, undecided_rows, edited,
-                                     strict=True):
-            seq.block = ids
+        edited = edits.edited if edits is not None else torch.zeros_like(committed)
+        rows = torch.cat([blocks, committed.sum(1, keepdim=True), edited.sum(1, keepdim=True)],
+                         dim=1).tolist()  # [S, B + 2]: the step's one host read
+        counts = [r[-2] for r in rows]
+        for seq, r, n, u in zip(seqs, rows, posts, undecided_rows, strict=True):
+            seq.block, e = r[:-2], r[-1]
             if seq.editing is not None:
                 seq.post_steps, seq.block_edits = n, seq.block_edits + e
                 seq.block_settled = True not in u and e == 0

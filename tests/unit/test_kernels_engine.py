@@ -31,6 +31,21 @@ def test_triton_kernels_give_the_torch_tokens(tiny_llada2_peaky: Path) -> None:
     assert len(ref) == 16 and got == ref
 
 
+def test_triton_kernels_give_the_torch_tokens_with_editing(tiny_llada2_peaky: Path) -> None:
+    """LLaDA2.1 rows (quality and speed editing) beside a LLaDA2.0 row, one batch."""
+    params = [SamplingParams(max_tokens=40, threshold=0.7, editing_threshold=0.5),
+              SamplingParams(max_tokens=40, threshold=0.5, editing_threshold=0.0,
+                             max_post_steps=4),
+              SamplingParams(max_tokens=40)]
+    prompts = ["Hello there", "def add(a, b):", "Hello there"]
+    outs = {}
+    for backend in ("torch", "triton"):
+        llm = LLM(str(tiny_llada2_peaky), device="cpu", num_pages=64, moe_backend="torch",
+                  acceptance_backend=backend, enforce_eager=True)
+        outs[backend] = [o.token_ids for o in llm.generate(prompts, params)]
+    assert outs["triton"] == outs["torch"] and all(len(t) > 0 for t in outs["torch"])
+
+
 def test_oracle_schedule_averages_the_target() -> None:
     steps = [oracle_commits(2.55, n) for n in range(20)]
     assert min(steps) >= 1 and set(steps) == {2, 3}
