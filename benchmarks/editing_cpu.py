@@ -7,6 +7,9 @@ Per rule and concurrency: tokens per forward (pooled: output tokens / forwards o
 requests), output tok/s (wall, engine in this process, 2 threads), mean engine step time, the
 pass-rate of the generated functions, and edits / post-steps per block. The step-time ratio
 of an editing rule to the 2.0 rule at the same threshold is the extra step cost of editing.
+`fusable` is the share of forwards the llada2x-decoding.md §2.3 optimisation (a block's final,
+settling forward fused with the next block's first forward) would save: one per completed
+editing block that is not a request's last (not implemented; docs/editing.md).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def run(rule: dict[str, object], prompts: list[list[int]], concurrency: int,
             "step_ms": round(1000 * step_time / steps, 3), "steps": steps,
             "edits_per_block": round(sum(edits) / len(edits), 2) if edits else None,
             "post_steps_per_block": round(sum(posts) / len(posts), 2) if posts else None,
+            "fusable": round((len(edits) - len(prompts)) / forwards, 3) if edits else None,
             "outputs": [out[f"r{i}"] for i in range(len(prompts))]}
 
 
@@ -92,12 +96,13 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     print(f"\n{len(prompts)} held-out code prompts, max_tokens {a.max_tokens}; "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}\n")
-    print("| rule | c | TPF | tok/s | step ms | pass-rate | edits/block | post-steps/block |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| rule | c | TPF | tok/s | step ms | pass-rate | edits/block | post-steps/block "
+          "| fusable |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['rule']} | {r['concurrency']} | {r['tpf']} | {r['tok_s']} | "
               f"{r['step_ms']} | {r['pass_rate']} | {r['edits_per_block']} | "
-              f"{r['post_steps_per_block']} |")
+              f"{r['post_steps_per_block']} | {r['fusable']} |")
     if a.out:
         a.out.write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -182,3 +182,39 @@ def test_a_transient_stop_id_never_ends_a_request(tiny_llada2_peaky: Path) -> No
     again = run(make_engine(model_dir), [("u", prompt, params(
         "quality", 64, ignore_eos=True, stop_token_ids=(stop,)))])
     assert again.tokens["u"] == final and again.reasons["u"] is FinishReason.LENGTH
+
+
+def test_concurrency_1_and_staggered_16_agree_with_the_reference(tiny_llada2_peaky: Path
+                                                                 ) -> None:
+    model_dir = tiny_llada2_peaky
+    eos = read_special_ids(model_dir).eos_ids
+    reqs = [(f"c{i}", make_prompt(model_dir, 7 + 13 * i, seed=700 + i),
+             params(["quality", "strict"][i % 2], 50)) for i in range(8)]
+    for concurrency in (1, 16):
+        result = run(make_engine(model_dir, max_running_requests=concurrency), reqs, stagger=1)
+        check(model_dir, reqs, result, eos)
+
+
+def test_a_21_checkpoint_turns_editing_on_by_its_generation_config(tiny_llada2_peaky: Path,
+                                                                   tmp_path: Path) -> None:
+    """LLaDA2.0 and 2.1 share the architecture: the default comes from generation_config.json
+    (`editing_threshold`, `max_post_steps`); the flag wins; requests may still say "off"."""
+    import json
+    import shutil
+
+    model_dir = tmp_path / "llada21"
+    shutil.copytree(tiny_llada2_peaky, model_dir)
+    gen = json.loads((model_dir / "generation_config.json").read_text())
+    gen |= {"editing_threshold": 0.5, "max_post_steps": 5}
+    (model_dir / "generation_config.json").write_text(json.dumps(gen))
+    engine = make_engine(model_dir)
+    assert engine.mode.editing == Editing(0.5, 5)
+    prompt = make_prompt(model_dir, 20, seed=3)
+    got = run(engine, [("g", prompt, SamplingParams(max_tokens=40, threshold=0.7))]).tokens["g"]
+    eos = read_special_ids(model_dir).eos_ids
+    ref = reference_traced(model_dir, prompt, 40, eos, threshold=0.7, editing=Editing(0.5, 5))
+    assert ref.margin >= MARGIN and got == ref.tokens
+    off = run(engine, [("o", prompt, SamplingParams(max_tokens=40, threshold=0.7,
+                                                     editing_threshold="off"))]).tokens["o"]
+    assert off == reference_traced(model_dir, prompt, 40, eos, threshold=0.7).tokens
+    assert make_engine(model_dir, editing_threshold="off").mode.editing is None
