@@ -49,6 +49,20 @@ EDITING_OFF = "off"  # editing switched off: its own state, never a threshold (0
 DEFAULT_MAX_POST_STEPS = 16  # LLaDA2.1's reference and model card (llada2x-decoding.md §1.9)
 
 
+MAX_LOGPROBS = 20  # top alternatives per token (OpenAI's top_logprobs limit)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """An output token's log-probability and its top alternatives, all from one distribution:
+    the model's log-softmax at that position in the step that last wrote it (mask id
+    excluded; before temperature, top-k/p and grammar masks). docs/openai-api.md."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
+
+
 @dataclass(frozen=True, slots=True)
 class Editing:
     """LLaDA2.1 token-to-token editing of one request (llada2x-decoding.md §1.2–1.5)."""
@@ -74,6 +88,7 @@ class SamplingParams:
     # LLaDA2.1 editing: a threshold in [0, 1], EDITING_OFF, or None = the engine's default
     editing_threshold: float | str | None = None
     max_post_steps: int | None = None  # None = the engine's default (16)
+    logprobs: int | None = None  # report each output token's logprob and this many top ones
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -102,6 +117,10 @@ class SamplingParams:
                 isinstance(e, bool) or not isinstance(e, int | float) or not math.isfinite(e)
                 or not 0 <= e <= 1):
             raise bad("editing_threshold", f"must be in [0, 1] or {EDITING_OFF!r}, got {e!r}")
+        n = self.logprobs
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int)
+                              or not 0 <= n <= MAX_LOGPROBS):
+            raise bad("logprobs", f"must be an integer in [0, {MAX_LOGPROBS}], got {n!r}")
         m = self.max_post_steps
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
             raise bad("max_post_steps", f"must be an integer >= 0, got {m!r}")
@@ -180,6 +199,9 @@ class Sequence:
     post_steps: int = 0  # iterations of the current block that started mask-free (editing)
     block_edits: int = 0  # tokens rewritten in the current block (editing)
     block_settled: bool = False  # editing: the last iteration started mask-free, edited nothing
+    # with params.logprobs: absolute position -> the logprob of the token last written there
+    # (entries leave once their token is emitted)
+    logprob_at: dict[int, TokenLogprob] = field(default_factory=dict)
     generator: torch.Generator | None = None  # per-request sampler state (seeded requests)
     grammar: GrammarState | None = None  # set when the compiled grammar is ready
     finish_reason: FinishReason | None = None
@@ -205,6 +227,15 @@ class Sequence:
             return head
         lo = max(start, self.block_start) - self.block_start
         return head + self.block[lo : end - self.block_start]
+
+    def token_at(self, offset: int) -> int:
+        """The id at `offset` into the step's logit rows: the active block's position, or (AR)
+        the token just appended."""
+        return self.block[offset] if self.block is not None else self.tokens[-1]
+
+    def pos_of(self, offset: int) -> int:
+        """Absolute position of `token_at(offset)`."""
+        return self.block_start + offset if self.block is not None else len(self.tokens) - 1
 
     @property
     def canvas_end(self) -> int:
@@ -260,6 +291,7 @@ class EngineOutput:
     error: str | None = None
     stats: RequestStats | None = None  # set when finished
     bad_request: bool = False  # the error is the request's fault (the API answers 400)
+    logprobs: list[TokenLogprob] | None = None  # one per new token, with params.logprobs
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ from server.core import (
     GenerateRequest,
     Segment,
     Sequence,
+    TokenLogprob,
 )
 from server.grammar.accept import RowSampling, accept_in_order
 from unmask_kernels import EditBatch, SamplingBatch, accept_blocks
@@ -61,6 +62,38 @@ def _sampling(seqs: list[Sequence]) -> SamplingBatch | None:
         top_p=[s.params.top_p for s in seqs],
         generators=[s.generator for s in seqs],
     )
+
+
+def record_logprobs(seqs: list[Sequence], logits: torch.Tensor, written: list[list[int]],
+                    mask_id: int | None) -> None:
+    """For rows that asked for logprobs: the log-softmax of `logits` [S, N, V] (mask id
+    excluded) at each written position (row i: offsets `written[i]` into its N rows), for the
+    token now there, and its top alternatives, kept in `Sequence.logprob_at`.
+    Only those rows pay: one log-softmax and top-k over their written positions."""
+    want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None and written[i]]
+    if not want:
+        return
+    dev = logits.device
+    row = torch.tensor([i for i in want for _ in written[i]], device=dev)
+    off = torch.tensor([o for i in want for o in written[i]], device=dev)
+    lp = logits[row, off].float()  # [W, V]: written positions of requesting rows
+    if mask_id is not None:
+        lp[:, mask_id] = -torch.inf
+    lp = lp.log_softmax(-1)
+    toks = [seqs[i].token_at(o) for i in want for o in written[i]]
+    chosen = lp.gather(1, torch.tensor(toks, device=dev)[:, None])[:, 0]  # [W]
+    k = max(seqs[i].params.logprobs or 0 for i in want)
+    top_v, top_i = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())  # [W, k]
+    host = torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1).tolist()  # one read
+    j = 0
+    for i in want:
+        seq, n = seqs[i], seqs[i].params.logprobs or 0
+        for o in written[i]:
+            vals = host[j]
+            top = tuple((int(t), v) for t, v in zip(vals[1 + k : 1 + k + n], vals[1 : 1 + n],
+                                                    strict=True))
+            seq.logprob_at[seq.pos_of(o)] = TokenLogprob(toks[j], vals[0], top)
+            j += 1
 
 
 def oracle_commits(tpf: float, step: int) -> int:
@@ -129,6 +162,17 @@ class BlockDiffusion:
         seqs = [s.seq for s in segments]
         S, B = len(seqs), self.block_size
         logits = logits.view(S, B, -1)
+        before = [list(s.block) if s.params.logprobs is not None and s.block is not None
+                  else None for s in seqs]
+        counts = self._accept_rows(seqs, logits)
+        written = [[o for o, (a, b) in enumerate(zip(old, s.block, strict=True)) if a != b]
+                   if old is not None and s.block is not None else []
+                   for s, old in zip(seqs, before, strict=True)]
+        record_logprobs(seqs, logits, written, self.mask_id)
+        return counts
+
+    def _accept_rows(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+        S = len(seqs)
         free = [i for i, s in enumerate(seqs) if s.grammar is None]
         if len(free) == S:  # no grammar in this step: the batched rule, untouched
             return self._accept_free(seqs, logits)
@@ -273,6 +317,7 @@ class Autoregressive:
                                         s.params.top_k, s.params.top_p, s.generator)[0][0]
         for seq, t in zip(seqs, tokens.tolist(), strict=True):
             seq.tokens.append(t)
+        record_logprobs(seqs, logits[:, None], [[0]] * len(seqs), None)
         return [1] * len(seqs)
 
     def output_ids(self, seq: Sequence) -> list[int]:

@@ -164,6 +164,10 @@ class Scheduler:
         if reason is None and len(out) >= p.max_tokens:
             reason = FinishReason.LENGTH
         new = out[seq.num_emitted : limit]
+        logprobs = None
+        if p.logprobs is not None:  # output k sits at absolute position prompt_len + k
+            logprobs = [seq.logprob_at.pop(seq.prompt_len + k)
+                        for k in range(seq.num_emitted, limit)]
         seq.num_emitted = limit
         if new and seq.stats.first_token_time is None:
             seq.stats.first_token_time = time.monotonic()
@@ -172,7 +176,7 @@ class Scheduler:
         if not new and reason is None:
             return None
         return EngineOutput(seq.rid, new, reason is not None, reason,
-                            stats=seq.stats if reason is not None else None)
+                            stats=seq.stats if reason is not None else None, logprobs=logprobs)
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         if seq.status is SeqStatus.RUNNING:

@@ -18,9 +18,11 @@ def block_causal_visible(n: int, block: int) -> torch.Tensor:
 
 def reference_generate(model: ReferenceModel, prompt_ids: list[int], gen_length: int, *,
                        block_length: int = 32, threshold: float = 0.95, mask_id: int,
-                       eos_ids: Sequence[int], min_commit: int = 1) -> list[int]:
+                       eos_ids: Sequence[int], min_commit: int = 1,
+                       logprobs: dict[int, torch.Tensor] | None = None) -> list[int]:
     """Greedy block diffusion. Engine rules shared with it: the mask id is never a candidate
-    (its logit is −inf), and prompt positions never change."""
+    (its logit is −inf), and prompt positions never change. `logprobs`, if given, receives for
+    each output index the log-softmax [V] of the step that committed it."""
     B, P = block_length, len(prompt_ids)
     n_blocks = -(-(P + gen_length) // B)
     N = n_blocks * B  # the grid always ends on a full block
@@ -46,6 +48,9 @@ def reference_generate(model: ReferenceModel, prompt_ids: list[int], gen_length:
                 commit = torch.zeros(B, dtype=torch.bool)
                 commit[torch.topk(conf, k).indices] = True
             x[lo:hi] = torch.where(commit, tok, x[lo:hi])
+            if logprobs is not None:
+                for i in commit.nonzero()[:, 0].tolist():
+                    logprobs[lo + i - P] = logits[i].log_softmax(-1)
         if any(int(t) in eos for t in x[P:hi]):
             break
     answer = x[P : P + gen_length].tolist()
@@ -60,7 +65,8 @@ def reference_generate_editing(model: ReferenceModel, prompt_ids: list[int], gen
                                editing_threshold: float, max_post_steps: int, mask_id: int,
                                eos_ids: Sequence[int], min_commit: int = 1,
                                forwards: list[tuple[int, bool]] | None = None,
-                               margins: list[float] | None = None) -> list[int]:
+                               margins: list[float] | None = None,
+                               logprobs: dict[int, torch.Tensor] | None = None) -> list[int]:
     """Greedy LLaDA2.1 joint decoding (llada2x-decoding.md §1.2–1.8, the R21 loop): per
     iteration, mask-to-token on the masked positions (threshold, top-`min_commit` fallback) and
     token-to-token edits on the generated, non-masked positions of the block (argmax differs,
@@ -118,6 +124,9 @@ def reference_generate_editing(model: ReferenceModel, prompt_ids: list[int], gen
                     gaps.append(float((conf[changed] - editing_threshold).abs().min()))
                 margins.append(min(gaps))
             x[lo:hi] = torch.where(commit | edit, tok, old)
+            if logprobs is not None:  # the step that last wrote each position
+                for i in (commit | edit).nonzero()[:, 0].tolist():
+                    logprobs[lo + i - P] = logits[i].log_softmax(-1)
             if not masked.any() and not edit.any():
                 break  # no-update end
         if forwards is not None:
@@ -132,14 +141,18 @@ def reference_generate_editing(model: ReferenceModel, prompt_ids: list[int], gen
 
 
 def reference_ar_greedy(model: ReferenceModel, prompt_ids: list[int], max_tokens: int, *,
-                        eos_ids: Sequence[int]) -> list[int]:
-    """Plain causal greedy loop: full forward each step, argmax at the last position."""
+                        eos_ids: Sequence[int],
+                        logprobs: dict[int, torch.Tensor] | None = None) -> list[int]:
+    """Plain causal greedy loop: full forward each step, argmax at the last position.
+    `logprobs` receives each output index's next-token log-softmax [V]."""
     ids = list(prompt_ids)
     out: list[int] = []
     eos = set(eos_ids)
     while len(out) < max_tokens:
         logits = model.forward(torch.tensor(ids), block_causal_visible(len(ids), 1))
         t = int(logits[-1].argmax())
+        if logprobs is not None:
+            logprobs[len(out)] = logits[-1].log_softmax(-1)
         ids.append(t)
         out.append(t)
         if t in eos:
