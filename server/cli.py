@@ -90,9 +90,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"unmask serve: {e}", file=sys.stderr)
         return 2
+    # the model argument exactly as typed (hub id or path); the embedded model: its dir name
+    names = args.served_model_name or [args.model or Path(model).name]
     settings = ServerSettings(
         engine=engine,
-        served_model_name=args.served_model_name or Path(model).name,
+        served_model_name=names[0],
+        served_model_aliases=tuple(names[1:]),
         api_key=args.api_key or os.environ.get("UNMASK_API_KEY"),
         max_queued_requests=args.max_queued_requests,
         in_process_engine=args.in_process_engine,
@@ -155,7 +158,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint dir or hub id (default: the embedded tiny model)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--served-model-name", default=None)
+    s.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                   help="names clients may send as `model`; the first is reported in responses "
+                        "(default: the model argument as given)")
     s.add_argument("--api-key", default=None, help="require this Bearer key on /v1/*")
     s.add_argument("--device", default=None, help="auto | cpu | cuda[:N]")
     s.add_argument("--dtype", default=None, help="auto | bfloat16 | float16 | float32")

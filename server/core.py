@@ -89,6 +89,8 @@ class SamplingParams:
     editing_threshold: float | str | None = None
     max_post_steps: int | None = None  # None = the engine's default (16)
     logprobs: int | None = None  # report each output token's logprob and this many top ones
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) added before acceptance
+    min_tokens: int = 0  # EOS and stop ids cannot be written at output indices below this
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -121,6 +123,15 @@ class SamplingParams:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int)
                               or not 0 <= n <= MAX_LOGPROBS):
             raise bad("logprobs", f"must be an integer in [0, {MAX_LOGPROBS}], got {n!r}")
+        if any(not -100 <= b <= 100 or not math.isfinite(b) for _, b in self.logit_bias):
+            raise bad("logit_bias", "values must be in [-100, 100]")
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0
+               for t, _ in self.logit_bias):
+            raise bad("logit_bias", "keys must be token ids >= 0")
+        if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or not (
+                0 <= self.min_tokens <= self.max_tokens):
+            raise bad("min_tokens", f"must be an integer in [0, max_tokens], got "
+                                    f"{self.min_tokens!r}")
         m = self.max_post_steps
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
             raise bad("max_post_steps", f"must be an integer >= 0, got {m!r}")

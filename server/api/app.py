@@ -19,22 +19,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.async_engine import AsyncEngine, EngineDeadError
-from server.api.errors import ERROR_RESPONSES, APIError
+from server.api.errors import ERROR_RESPONSES, APIError, validation_error
 from server.api.limits import RequestLimits
 from server.api.metrics import Metrics
+from server.api.models import ServedModels
+from server.api.params import check_params
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
 from server.api.responses import Shape, full_response, stream
 from server.api.serving import Choice, OpenAIServing
+from server.api.tokenize import DetokenizeRequest, TokenizeRequest, detokenize, tokenize
 from server.config import EngineConfig
 
 log = logging.getLogger("unmask.api")
 VERSION = "0.1.0"
+KEYED_PATHS = frozenset({"/tokenize", "/detokenize"})  # behind the API key like /v1/*
 
 
 @dataclass
 class ServerSettings:
     engine: EngineConfig
-    served_model_name: str
+    served_model_name: str  # the primary name, reported in every response
+    served_model_aliases: tuple[str, ...] = ()  # further names requests may use
     api_key: str | None = None
     max_queued_requests: int | None = None  # waiting + running choices; beyond → 503
     in_process_engine: bool = False
@@ -50,6 +55,8 @@ class ServerSettings:
 class AppState:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        self.models = ServedModels((settings.served_model_name, *settings.served_model_aliases),
+                                   settings.engine.model)
         self.metrics = Metrics(settings.served_model_name)
         self.engine = AsyncEngine(settings.engine, settings.in_process_engine,
                                   self.metrics.on_step)
@@ -114,12 +121,7 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation(_: Request, e: RequestValidationError) -> JSONResponse:
-        errs = e.errors()
-        first = errs[0] if errs else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        msg = "; ".join(f"{'.'.join(str(x) for x in er.get('loc', ()) if x != 'body')}: "
-                        f"{er.get('msg')}" for er in errs[:5]) or "invalid request"
-        return _json_error(APIError(400, msg, param=".".join(loc) or None))
+        return _json_error(validation_error(e.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -224,7 +226,7 @@ class Guard:
         if length.isdigit() and int(length) > self.state.settings.max_body_bytes:
             return APIError(413, f"request body larger than "
                                  f"{self.state.settings.max_body_bytes} bytes")
-        if not scope["path"].startswith("/v1/"):
+        if not scope["path"].startswith("/v1/") and scope["path"] not in KEYED_PATHS:
             return None
         key = self.state.settings.api_key
         if key is not None and not hmac.compare_digest(
@@ -266,19 +268,33 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    def max_model_len() -> int | None:
+        return None if state.engine.info is None else state.engine.info.max_model_len
+
     @app.get("/v1/models", responses=ERROR_RESPONSES)
     async def models() -> dict[str, Any]:
-        info = state.engine.info
-        card: dict[str, Any] = {"id": state.settings.served_model_name, "object": "model",
-                                "created": 0, "owned_by": "unmask",
-                                "root": state.settings.engine.model}  # vLLM's: the path served
-        if info is not None:
-            card["max_model_len"] = info.max_model_len
-        return {"object": "list", "data": [card]}
+        return state.models.cards(max_model_len())
+
+    @app.get("/v1/models/{model:path}", responses=ERROR_RESPONSES)
+    async def model_card(model: str) -> dict[str, Any]:  # `path`: hub ids hold a slash
+        return state.models.card(model, max_model_len())
+
+    @app.post("/tokenize", responses=ERROR_RESPONSES)
+    async def tokenize_route(req: TokenizeRequest) -> dict[str, Any]:
+        s = serving()
+        state.models.check(req.model)
+        return tokenize(s.tok, req, state.engine.info.max_model_len)
+
+    @app.post("/detokenize", responses=ERROR_RESPONSES)
+    async def detokenize_route(req: DetokenizeRequest) -> dict[str, Any]:
+        s = serving()
+        state.models.check(req.model)
+        return detokenize(s.tok, req)
 
     def admit(req: CompletionRequest | ChatCompletionRequest) -> OpenAIServing:
         s = serving()
-        s.check_model(req.model)
+        state.models.check(req.model)
+        check_params(req)
         state.settings.limits.check(req, state.engine.info.max_model_len)
         return s
 

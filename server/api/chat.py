@@ -77,7 +77,9 @@ def _tool_calls(h: _Holder, calls: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def render_chat_prompt(tok: TokenizerInfo, messages: list[ChatMessage],
-                       tools: list[Tool] | None = None) -> list[int]:
+                       tools: list[Tool] | None = None, add_generation_prompt: bool = True
+                       ) -> list[int]:
+    """The prompt ids of a chat request (also what /tokenize reports for `messages`)."""
     h = _Holder(tok.special_tokens)
     plain: list[dict[str, Any]] = []
     for m in messages:
@@ -90,7 +92,8 @@ def render_chat_prompt(tok: TokenizerInfo, messages: list[ChatMessage],
         plain.append(d)
     tool_dicts = [h.hold_specials(t.model_dump(exclude_none=True)) for t in tools or []]
     try:
-        rendered = tok.apply_chat_template(plain, tools=tool_dicts or None)
+        rendered = tok.apply_chat_template(plain, tools=tool_dicts or None,
+                                           add_generation_prompt=add_generation_prompt)
     except Exception as e:  # noqa: BLE001 - jinja errors are the client's input
         raise APIError(400, f"cannot apply the chat template: {e}", param="messages") from None
     ids: list[int] = []

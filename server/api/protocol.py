@@ -1,11 +1,15 @@
-"""OpenAI request schemas (pydantic). Unknown fields are accepted and ignored, as vLLM does;
-numbers are range-checked so NaN, infinities and negatives are 400s, never 500s."""
+"""OpenAI request schemas (pydantic). Unknown fields are accepted, as vLLM does; OpenAI fields
+the server cannot honour are refused in `params.py`. Numbers are range-checked so NaN,
+infinities and negatives are 400s, never 500s; a validator's error names its field
+(`ParamError`), which becomes the error's `param`."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from server.api.errors import ParamError
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 MAX_N = 128  # hard ceiling; the served limit is `RequestLimits.max_n`
@@ -70,9 +74,10 @@ class SamplingFields(OpenAIModel):
     @model_validator(mode="after")
     def _check(self) -> SamplingFields:
         if self.stream_options is not None and not self.stream:
-            raise ValueError("Stream options can only be defined when `stream=True`.")
+            raise ParamError("stream_options",
+                             "Stream options can only be defined when `stream=True`.")
         if isinstance(self.stop, list) and any(not s for s in self.stop) or self.stop == "":
-            raise ValueError("stop strings must not be empty")
+            raise ParamError("stop", "stop strings must not be empty")
         return self
 
     @field_validator("editing_threshold")
@@ -97,7 +102,7 @@ class CompletionRequest(SamplingFields):
     def _prompt(self) -> CompletionRequest:
         p = self.prompt
         if p == "" or p == [] or (isinstance(p, list) and any(x in ("", []) for x in p)):
-            raise ValueError("prompt must not be empty")
+            raise ParamError("prompt", "prompt must not be empty")
         return self
 
 
@@ -160,18 +165,19 @@ class ChatCompletionRequest(SamplingFields):
     def _tools(self) -> ChatCompletionRequest:
         names = [t.function.name for t in self.tools or []]
         if len(set(names)) != len(names):
-            raise ValueError("tool function names must be unique")
+            raise ParamError("tools", "tool function names must be unique")
         choice = self.tool_choice
         if choice not in (None, "none") and not names:
-            raise ValueError("`tool_choice` is only allowed when `tools` are specified")
+            raise ParamError("tool_choice",
+                             "`tool_choice` is only allowed when `tools` are specified")
         if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not "
-                             "among `tools`")
+            raise ParamError("tool_choice", f"tool_choice names {choice.function.name!r}, "
+                                            "which is not among `tools`")
         fmt = self.response_format
         if fmt is not None and fmt.type != "text" and (
                 choice == "required" or isinstance(choice, NamedToolChoice)):
-            raise ValueError("`response_format` cannot be combined with a required or named "
-                             "`tool_choice`")
+            raise ParamError("response_format", "`response_format` cannot be combined with a "
+                                                "required or named `tool_choice`")
         return self
 
     @property

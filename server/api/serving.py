@@ -22,7 +22,7 @@ from server.api.protocol import (
     Tool,
 )
 from server.api.tools import ParsedOutput, ToolParser
-from server.api.tools.base import ToolStream
+from server.api.tools.base import FirstCallOnly, ToolStream
 from server.core import (
     EngineOutput,
     FinishReason,
@@ -85,12 +85,6 @@ class OpenAIServing:
         self.tool_parser = tool_parser
 
     # -- request → choices ----------------------------------------------------------------
-    def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.model_name:
-            raise APIError(404, f"The model `{name}` does not exist. Valid models: "
-                                f"{self.model_name}", "NotFoundError", "model",
-                           "model_not_found")
-
     def _limits(self, prompt_len: int, requested: int | None, default: int | None,
                 param: str) -> int:
         """max_tokens clamped to the room left (the final block must fit, as the engine
@@ -155,6 +149,11 @@ class OpenAIServing:
             prompts = [(None, list(p))]  # type: ignore[arg-type]
         else:
             prompts = [(None, list(ids)) for ids in p]  # type: ignore[union-attr]
+        if req.echo:  # token-id prompts echo their text, special tokens included
+            for _, ids in prompts:
+                self._check_ids(ids, "prompt")
+            prompts = [(self.tok.decode(ids, skip_special_tokens=False) if text is None
+                        else text, ids) for text, ids in prompts]
         return self._choices(prompts, req, req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS,
                              request_id, "prompt")
 
@@ -172,9 +171,11 @@ class OpenAIServing:
                 _check_schema(t.function.parameters, "tools")
         ids = render_chat_prompt(self.tok, req.messages, tools)
         max_tokens = req.max_completion_tokens or req.max_tokens
+        parser = self.tool_parser if tools else None
+        if parser is not None and not req.parallel_tool_calls:
+            parser = FirstCallOnly(parser)
         pairs = self._choices([(None, ids)], req, max_tokens, None, request_id, "messages",
-                              self._grammar(req, choice, tools or []),
-                              self.tool_parser if tools else None)
+                              self._grammar(req, choice, tools or []), parser)
         for c, _ in pairs:
             c.forced_tool = isinstance(choice, NamedToolChoice)
         return pairs

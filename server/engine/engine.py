@@ -145,6 +145,10 @@ class Engine:
                 f"However, you requested {need} tokens ({P} in the prompt, {p.max_tokens} "
                 f"to generate{self._grid_note(P, p.max_tokens, need)})."
             )
+        bad = next((t for t, _ in p.logit_bias if t >= self.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"logit_bias token id {bad} is outside the vocabulary [0, "
+                             f"{self.vocab_size})")
         if not isinstance(self.mode, BlockDiffusion) and (
                 p.editing_threshold not in (None, EDITING_OFF) or p.max_post_steps is not None):
             raise ValueError("editing_threshold and max_post_steps apply to block-diffusion "

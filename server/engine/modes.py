@@ -96,6 +96,27 @@ def record_logprobs(seqs: list[Sequence], logits: torch.Tensor, written: list[li
             j += 1
 
 
+def process_logits(seqs: list[Sequence], logits: torch.Tensor, firsts: list[int],
+                   stop_ids: frozenset[int]) -> None:
+    """In place, before acceptance, for rows that ask: `logit_bias` added at every position;
+    EOS and stop ids made impossible (−inf) at positions whose output index is below
+    `min_tokens`. logits [S, N, V]; row i's offset o predicts absolute position firsts[i] + o."""
+    for i, (seq, first) in enumerate(zip(seqs, firsts, strict=True)):
+        p = seq.params
+        if p.logit_bias:
+            ids = torch.tensor([t for t, _ in p.logit_bias], device=logits.device)
+            bias = torch.tensor([b for _, b in p.logit_bias], dtype=logits.dtype,
+                                device=logits.device)
+            logits[i, :, ids] += bias
+        if p.min_tokens:
+            early = [o for o in range(logits.shape[1])
+                     if first + o - seq.prompt_len < p.min_tokens]
+            stops = sorted((set() if p.ignore_eos else stop_ids) | set(p.stop_token_ids))
+            if early and stops:
+                rows = torch.tensor(early, device=logits.device)
+                logits[i, rows[:, None], torch.tensor(stops, device=logits.device)] = -torch.inf
+
+
 def oracle_commits(tpf: float, step: int) -> int:
     """Tokens the acceptance oracle commits at a block's `step`: floor((n+1)r) - floor(nr),
     so every prefix of steps averages `tpf` (>= 1 per step for tpf >= 1)."""
@@ -111,7 +132,9 @@ class BlockDiffusion:
     forward had its final tokens as input: its KV is final and it is never re-forwarded."""
 
     def __init__(self, block_size: int, mask_id: int, threshold: float,
-                 editing: Editing | None = None) -> None:
+                 editing: Editing | None = None, eos_ids: frozenset[int] = frozenset()
+                 ) -> None:
+        self.eos_ids = eos_ids
         self.attn_block = self.page_size = self.block_size = block_size
         self.mask_id = mask_id
         self.threshold = threshold
@@ -164,6 +187,7 @@ class BlockDiffusion:
         logits = logits.view(S, B, -1)
         before = [list(s.block) if s.params.logprobs is not None and s.block is not None
                   else None for s in seqs]
+        process_logits(seqs, logits, [s.block_start for s in seqs], self.eos_ids)
         counts = self._accept_rows(seqs, logits)
         written = [[o for o, (a, b) in enumerate(zip(old, s.block, strict=True)) if a != b]
                    if old is not None and s.block is not None else []
@@ -283,7 +307,8 @@ class BlockDiffusion:
 class Autoregressive:
     """One token per step at the last position; causal attention; pages fill one slot a step."""
 
-    def __init__(self, page_size: int) -> None:
+    def __init__(self, page_size: int, eos_ids: frozenset[int] = frozenset()) -> None:
+        self.eos_ids = eos_ids
         self.attn_block = 1
         self.page_size = page_size
 
@@ -301,6 +326,8 @@ class Autoregressive:
     def accept(self, segments: list[Segment], logits: torch.Tensor) -> list[int]:
         seqs = [s.seq for s in segments]
         sampling = _sampling(seqs)
+        process_logits(seqs, logits[:, None], [len(s.tokens) for s in seqs],
+                       self.eos_ids)  # [S, 1, V] view: in place
         tokens = logits.argmax(-1)  # [S]
         for i, s in enumerate(seqs):
             if s.grammar is not None:  # one grammatical token (AR is in order by nature)

@@ -70,13 +70,13 @@ def plan_startup(cfg: EngineConfig) -> StartupPlan:
         if block < 1:
             raise ValueError(f"--block-size must be >= 1, got {block}")
         mode = BlockDiffusion(block, specials.mask_id, cfg.diffusion.threshold,
-                              default_editing(cfg, model_dir))
+                              default_editing(cfg, model_dir), frozenset(specials.eos_ids))
     else:
         if cfg.diffusion.editing_threshold not in (None, EDITING_OFF) or \
                 cfg.diffusion.max_post_steps is not None:
             raise ValueError("--editing-threshold/--max-post-steps apply to block-diffusion "
                              f"checkpoints; {model_dir} is autoregressive")
-        mode = Autoregressive(AR_PAGE_SIZE)
+        mode = Autoregressive(AR_PAGE_SIZE, frozenset(specials.eos_ids))
     if cfg.scheduler.max_num_batched_tokens < 2 * mode.page_size:
         raise ValueError(f"--max-num-batched-tokens must be >= {2 * mode.page_size} "
                          "(a commit block plus an active block)")

@@ -75,3 +75,37 @@ class ToolParser:
         """An xgrammar structural tag admitting one call (or several if `parallel`) of the
         given functions and nothing else."""
         raise NotImplementedError
+
+
+class _FirstCallStream(ToolStream):
+    def __init__(self, inner: ToolStream) -> None:
+        self.inner = inner
+
+    def feed(self, text: str, final: bool = False) -> tuple[str, list[ToolCallDelta]]:
+        out, deltas = self.inner.feed(text, final)
+        return out, [d for d in deltas if d.index == 0]
+
+    @property
+    def num_calls(self) -> int:
+        return min(1, self.inner.num_calls)
+
+
+class FirstCallOnly(ToolParser):
+    """`parallel_tool_calls: false` under `tool_choice: auto`: at most one call, the first; the
+    model's later calls are dropped like any text after a call. (Under `required` or a named
+    tool the grammar already stops after one.)"""
+
+    def __init__(self, inner: ToolParser) -> None:
+        self.inner = inner
+        self.keep_tokens = inner.keep_tokens
+
+    def parse(self, text: str) -> ParsedOutput:
+        parsed = self.inner.parse(text)
+        return ParsedOutput(parsed.content, parsed.calls[:1])
+
+    def stream(self) -> ToolStream:
+        return _FirstCallStream(self.inner.stream())
+
+    def structural_tag(self, tools: list[dict[str, Any]], parallel: bool,
+                       special_tokens: AbstractSet[str]) -> dict[str, Any]:
+        return self.inner.structural_tag(tools, False, special_tokens)
