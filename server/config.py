@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 # Per-architecture diffusion defaults (block size = page size), overridable by flags.
 DIFFUSION_DEFAULTS: dict[str, dict[str, int]] = {
@@ -46,7 +47,8 @@ class EngineConfig:
     device: str = "auto"  # auto → cuda if available else cpu
     dtype: str = "auto"  # auto → bfloat16 on GPU, float32 on CPU
     seed: int = 0  # engine sampler seed for requests without their own
-    max_model_len: int | None = None  # None → max_position_embeddings
+    max_model_len: int | None = None  # None → the model's maximum (ModelConfig.max_context)
+    hf_overrides: dict[str, Any] | None = None  # config.json keys replaced (e.g. rope_scaling)
     attention_backend: str = "auto"
     acceptance_backend: str = "auto"  # auto → triton on CUDA, torch elsewhere
     moe_backend: str = "auto"  # auto → triton on CUDA, torch elsewhere

@@ -7,12 +7,30 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from server.api.errors import ParamError
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 MAX_N = 128  # hard ceiling; the served limit is `RequestLimits.max_n`
+
+# JSON schemas stating what the validators below enforce (their messages are kept as they are)
+_NULL = {"type": "null"}
+_TEXT = {"type": "string", "minLength": 1}
+_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+_STOP_SCHEMA = WithJsonSchema({"anyOf": [_TEXT, {"type": "array", "items": _TEXT}, _NULL]})
+_PROMPT_SCHEMA = WithJsonSchema({"anyOf": [
+    _TEXT, {"type": "array", "minItems": 1, "items": _TEXT}, _IDS,
+    {"type": "array", "minItems": 1, "items": _IDS}]})
+_EDITING_SCHEMA = WithJsonSchema({"anyOf": [
+    {"type": "number", "minimum": 0, "maximum": 1}, {"const": "off"}, _NULL]})
 
 
 class OpenAIModel(BaseModel):
@@ -48,7 +66,7 @@ class SamplingFields(OpenAIModel):
     top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
     top_k: Annotated[int, Field(ge=-1)] | None = None
     seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None
-    stop: str | list[str] | None = None
+    stop: Annotated[str | list[str] | None, _STOP_SCHEMA] = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -58,7 +76,7 @@ class SamplingFields(OpenAIModel):
     threshold: Prob | None = None
     # LLaDA2.1 token editing (docs/editing.md): a threshold in [0, 1] or "off"; absent: the
     # server's default. 0.0 is maximal editing, never "off".
-    editing_threshold: float | str | None = None
+    editing_threshold: Annotated[float | str | None, _EDITING_SCHEMA] = None
     max_post_steps: Annotated[int, Field(ge=0, le=1024)] | None = None
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
@@ -95,7 +113,7 @@ class SamplingFields(OpenAIModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Annotated[str | list[str] | list[int] | list[list[int]], _PROMPT_SCHEMA]
     echo: bool = False
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from server.api.chat import render_chat_prompt
 from server.api.errors import APIError, ParamError
@@ -19,6 +19,8 @@ class TokenizeRequest(OpenAIModel):
     """vLLM's TokenizeCompletionRequest and TokenizeChatRequest in one: `prompt` xor
     `messages`."""
 
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
     model: str | None = None
     prompt: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None

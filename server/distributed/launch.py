@@ -97,7 +97,8 @@ def start_tensor_parallel(cfg: EngineConfig, model_dir: Path, mcfg: ModelConfig,
         device=f"cuda:{first + r % per_node}" if cuda else "cpu",
         dtype=str(dtype).removeprefix("torch."), max_positions=max_positions,
         page_size=page_size, attn_block=attn_block, attention_backend=cfg.attention_backend,
-        moe_backend=cfg.moe_backend, cpu_threads=threads, timeout_s=TIMEOUT_S) for r in range(n)]
+        moe_backend=cfg.moe_backend, cpu_threads=threads, timeout_s=TIMEOUT_S,
+        hf_overrides=cfg.hf_overrides) for r in range(n)]
     listener = control_listener(port + 1) if per_node < n else None
     workers = WorkerPool(per_node - 1)
     try:

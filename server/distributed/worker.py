@@ -48,6 +48,7 @@ class RankSpec:
     moe_backend: str
     cpu_threads: int | None
     timeout_s: float
+    hf_overrides: dict | None = None  # config.json keys replaced (the engine's --hf-overrides)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def _serve(spec: RankSpec, inbox: BinaryIO, outbox: BinaryIO) -> None:
     _send(outbox, ("hello", None))
     init_group(spec, store)
     model_dir = Path(spec.model_dir)
-    mcfg = ModelConfig.from_file(model_dir / "config.json")
+    mcfg = ModelConfig.from_file(model_dir / "config.json", spec.hf_overrides)
     dtype = DTYPES[spec.dtype]
     tp = TPGroup(spec.rank, spec.world_size)
     model = load_model(model_dir, mcfg, dtype, device, spec.max_positions, tp)

@@ -98,6 +98,7 @@ class Engine:
 
                 self.runner = GraphedDenoiseRunner(self.runner, self.mode.block_size,
                                                    self.max_model_len)
+        self._fit_context(num_pages)
         acceptance = "torch"
         if isinstance(self.mode, BlockDiffusion):
             acceptance, self.mode.accept_fn = resolve("acceptance", cfg.acceptance_backend,
@@ -121,6 +122,20 @@ class Engine:
             log.info("moe backend %s; denoise CUDA graphs %s", moe_backend,
                      "on" if type(self.runner).__name__ == "GraphedDenoiseRunner" else "off")
         log.info("engine ready in %.1fs: %s", time.perf_counter() - t0, self.info)
+
+    def _fit_context(self, num_pages: int) -> None:
+        """One request of the context length must fit the KV pool: an explicit --max-model-len
+        that does not is refused; the default is lowered to what fits, with a warning."""
+        fits = num_pages * self.mode.page_size
+        if fits >= self.max_model_len:
+            return
+        msg = (f"the KV pool holds {num_pages} pages ({fits} tokens), less than one "
+               f"request of the context length {self.max_model_len}")
+        if self.cfg.max_model_len is not None:
+            raise ValueError(f"{msg}: raise --kv-cache-memory/--num-pages or lower "
+                             "--max-model-len")
+        log.warning("%s: max_model_len lowered to %d", msg, fits)
+        self.max_model_len = fits
 
     def _num_pages(self, mcfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> int:
         """`start_tensor_parallel`'s callback: rank 0 sizes the pool for every rank."""
@@ -155,8 +170,9 @@ class Engine:
                              "checkpoints only; this one is autoregressive")
         pages = self.kv.pages_for(need)
         if pages > self.kv.pool.num_pages:
-            raise ValueError(f"the request needs {pages} KV pages; the pool holds "
-                             f"{self.kv.pool.num_pages}")
+            raise ValueError(f"the request needs {need} positions ({P} in the prompt, "
+                             f"{p.max_tokens} to generate), {pages} KV pages; the whole KV "
+                             f"pool holds {self.kv.pool.num_pages}")
         seq = self.mode.new_sequence(req)
         if not p.greedy:
             seed = p.seed if p.seed is not None else self._rng.randrange(1 << 62)

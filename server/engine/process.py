@@ -59,8 +59,9 @@ def _handle(engine: Any, kind: str, payload: Any) -> EngineOutput | None:
     if kind == "add":
         try:
             engine.add_request(payload)
-        except ValueError as e:
-            return EngineOutput(payload.rid, [], True, FinishReason.ERROR, str(e))
+        except ValueError as e:  # add_request's contract: the request's fault, nothing queued
+            return EngineOutput(payload.rid, [], True, FinishReason.ERROR, str(e),
+                                bad_request=True)
         return None
     if kind == "abort":
         return engine.abort(payload)

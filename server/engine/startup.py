@@ -52,7 +52,7 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.d
 
 def plan_startup(cfg: EngineConfig) -> StartupPlan:
     model_dir = resolve_model_path(cfg.model)
-    mcfg = ModelConfig.from_file(model_dir / "config.json")
+    mcfg = ModelConfig.from_file(model_dir / "config.json", cfg.hf_overrides)
     specials = read_special_ids(model_dir)
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     for op, chosen in (("attention", cfg.attention_backend),
@@ -60,8 +60,13 @@ def plan_startup(cfg: EngineConfig) -> StartupPlan:
         if chosen not in BACKEND_NAMES[op]:
             raise ValueError(f"unknown --{op}-backend {chosen!r}; choose "
                              f"{', '.join(BACKEND_NAMES[op])}")
-    max_model_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
-                        mcfg.max_position_embeddings)
+    max_model_len = cfg.max_model_len or mcfg.max_context
+    if max_model_len > mcfg.max_context:
+        raise ValueError(
+            f"--max-model-len {max_model_len} exceeds what the model supports "
+            f"({mcfg.max_context}: max_position_embeddings"
+            + (", × YaRN factor" if mcfg.rope_scaling else "; enable YaRN with --rope-scaling "
+               "or --hf-overrides to go further") + ")")
     mode: DecodeMode
     if mcfg.mode == "diffusion":
         if specials.mask_id is None:

@@ -122,7 +122,10 @@ class ModelConfig:
         return cfg
 
     @classmethod
-    def from_file(cls, path: str | Path) -> ModelConfig:
+    def from_file(cls, path: str | Path, overrides: dict[str, Any] | None = None
+                  ) -> ModelConfig:
+        """`overrides` (vLLM's --hf-overrides) replace top-level keys of config.json before it
+        is read, e.g. {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}."""
         path = Path(path)
         try:
             d = json.loads(path.read_text())
@@ -130,7 +133,20 @@ class ModelConfig:
             raise ModelConfigError(f"{path}: not found") from None
         except json.JSONDecodeError as e:
             raise ModelConfigError(f"{path}: invalid JSON ({e})") from None
-        return cls.from_dict(d, source=str(path))
+        source = str(path) + (" with --hf-overrides" if overrides else "")
+        return cls.from_dict(d | (overrides or {}), source=source)
+
+    @property
+    def max_context(self) -> int:
+        """The longest context the model supports: with YaRN, the original context times the
+        factor (vLLM's rule; HF YaRN configs keep the original `max_position_embeddings`,
+        or name it `original_max_position_embeddings`), else `max_position_embeddings`."""
+        if self.rope_scaling is None:
+            return self.max_position_embeddings
+        orig = self.rope_scaling.get("original_max_position_embeddings") or \
+            self.max_position_embeddings
+        factor = self.rope_scaling.get("factor") or self.max_position_embeddings / orig
+        return max(self.max_position_embeddings, int(orig * factor))
 
     def _validate(self, source: str) -> None:
         def check(ok: bool, msg: str) -> None:

@@ -26,14 +26,37 @@ class ReferenceModel:
         xf = x.float()
         return weight * (xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
+    def frequencies(self) -> tuple[torch.Tensor, float]:
+        """(θ_j for j < rd/2, scale of cos/sin). §8: YaRN when rope_scaling says so, with the
+        Hugging Face conventions: frequencies that turn more than beta_fast (32) times over the
+        original context L are kept, those turning fewer than beta_slow (1) times are divided
+        by the factor s, a linear ramp over the (floored/ceiled) frequency index in between;
+        cos and sin are scaled by 0.1·ln(s) + 1."""
+        rd, base = self.rd, self.c.get("rope_theta", 10000.0)
+        theta = base ** (-torch.arange(0, rd, 2, dtype=torch.float32) / rd)  # [rd/2]
+        sc = self.c.get("rope_scaling") or {}
+        if (sc.get("rope_type") or sc.get("type")) != "yarn":
+            return theta, 1.0
+        L = sc.get("original_max_position_embeddings") or self.c["max_position_embeddings"]
+        s = sc.get("factor") or self.c["max_position_embeddings"] / L
+
+        def index_turning(turns: float) -> float:  # j with L·θ_j / 2π == turns
+            return rd / 2 * math.log(L / (2 * math.pi * turns)) / math.log(base)
+
+        lo = max(math.floor(index_turning(sc.get("beta_fast") or 32)), 0)
+        hi = min(math.ceil(index_turning(sc.get("beta_slow") or 1)), rd - 1)
+        hi = hi + 0.001 if hi == lo else hi
+        ramp = ((torch.arange(rd // 2, dtype=torch.float32) - lo) / (hi - lo)).clamp(0, 1)
+        scaled = theta * (1 - ramp) + theta / s * ramp
+        return scaled, (0.1 * math.log(s) + 1.0) if s > 1 else 1.0
+
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # §4.3: rotate-half on the first rd channels; channel i pairs with i + rd/2
         rd = self.rd
-        inv_freq = 1.0 / (self.c.get("rope_theta", 10000.0)
-                          ** (torch.arange(0, rd, 2, dtype=torch.float32) / rd))
+        inv_freq, scale = self.frequencies()
         freqs = positions.float()[:, None] * inv_freq[None, :]  # [N, rd/2]
         emb = torch.cat([freqs, freqs], dim=-1)  # [N, rd]
-        cos, sin = emb.cos()[:, None, :], emb.sin()[:, None, :]  # [N, 1, rd]
+        cos, sin = emb.cos()[:, None, :] * scale, emb.sin()[:, None, :] * scale  # [N, 1, rd]
         rot, rest = x[..., :rd], x[..., rd:]
         rotated = torch.cat([-rot[..., rd // 2 :], rot[..., : rd // 2]], dim=-1)
         return torch.cat([rot * cos + rotated * sin, rest], dim=-1)
