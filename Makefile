@@ -22,8 +22,8 @@ lint: install
 test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# With no MODEL, `unmask serve` serves the embedded default: the trained models/llada2
-# (training/README.md), or a tiny generated checkpoint where models/ is absent.
+# With no MODEL, `unmask serve` serves the embedded default: the trained
+# server/checkpoints/llada2 (training/README.md), shipped inside the package.
 serve: install
 	$(BIN)/unmask serve $(MODEL) $(ARGS)
 

@@ -155,7 +155,7 @@ def _check_config(engine: EngineConfig) -> int:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="the OpenAI-compatible HTTP server")
     s.add_argument("model", nargs="?", default=None,
-                   help="checkpoint dir or hub id (default: the embedded tiny model)")
+                   help="checkpoint dir or hub id (default: the shipped server/checkpoints/llada2)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",

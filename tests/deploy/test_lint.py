@@ -4,6 +4,7 @@ compose stack's wiring (Prometheus target, Grafana provisioning, dashboard datas
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -42,10 +43,16 @@ def test_images_run_unmask_serve_as_non_root(dockerfile: Path) -> None:
     assert user and not user[-1].split()[1].startswith(("0", "root"))
     assert any("HOME=/home/unmask" in ln for ln in final)
     assert any("install -d -m 1777 /home/unmask" in ln for ln in final)
+    # the public defaults; the offline choices (a local base, a local torch wheel) are build args
+    assert "ARG TORCH_SOURCE=index" in lines
+    bases = {ln.split()[1] for ln in lines if ln.startswith("FROM ")}
+    stages = {ln.split()[3] for ln in lines if ln.startswith("FROM ") and " AS " in ln}
+    assert bases <= {"${BASE_IMAGE}", "torch-${TORCH_SOURCE}"} | stages, bases
     if dockerfile.name == "Dockerfile":
-        assert lines[[i for i, ln in enumerate(lines) if ln.startswith("FROM")][0]].startswith(
-            "FROM nvidia/cuda:${CUDA_VERSION}-runtime")
+        assert any(ln.startswith("ARG BASE_IMAGE=nvidia/cuda:${CUDA_VERSION}-runtime")
+                   for ln in lines)
     else:
+        assert any(ln.startswith("ARG BASE_IMAGE=python:") for ln in lines)
         assert any("download.pytorch.org/whl/cpu" in ln for ln in lines)
 
 
@@ -57,6 +64,9 @@ def test_dockerignore_keeps_what_the_images_copy() -> None:
             if ln.startswith("COPY ") and "--from" not in ln:
                 for src in ln.split()[1:-1]:
                     assert src not in ignored and (ROOT / src).exists(), src
+            # the local torch wheels (TORCH_SOURCE=wheels): re-included under the ignored deploy/
+            for src in re.findall(r"--mount=type=bind,source=([^,\s]+)", ln):
+                assert f"!{src}" in ignored, src
 
 
 def test_yamllint() -> None:

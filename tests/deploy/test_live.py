@@ -99,7 +99,7 @@ def cpu_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, su
     c = serving_pods(resources)[0]["spec"]["containers"][0]
     script = c["command"][2].replace("/etc/unmask/serve", str(tmp / "flags"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "UNMASK_CACHE": str(tmp / "cache"), "UNMASK_MODEL": ""}
+           "UNMASK_MODEL": ""}
     log = open(tmp / "server.log", "w")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(["/bin/sh", "-c", script, *c["command"][3:]], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
