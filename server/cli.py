@@ -160,7 +160,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
                    help="names clients may send as `model`; the first is reported in responses "
-                        "(default: the model argument as given)")
+                        "(default: the model argument as given). Takes every word up to the "
+                        "next flag: put MODEL before it")
     s.add_argument("--api-key", default=None, help="require this Bearer key on /v1/*")
     s.add_argument("--device", default=None, help="auto | cpu | cuda[:N]")
     s.add_argument("--dtype", default=None, help="auto | bfloat16 | float16 | float32")

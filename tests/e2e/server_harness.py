@@ -23,10 +23,11 @@ def free_port() -> int:
 
 class RemoteServer:
     def __init__(self, model: Path | None, *extra: str, api_key: str | None = API_KEY,
-                 name: str = "tiny", timeout: float = 120,
+                 name: str | None = "tiny", timeout: float = 120,
                  env: dict[str, str] | None = None, unmask: Path | None = None,
                  cwd: Path | None = None) -> None:
-        """`model` None serves the embedded default model; `unmask` another install's console
+        """`model` None serves the embedded default model; `name` None passes no
+        --served-model-name (the server's default name); `unmask` another install's console
         script (default: this interpreter's)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -34,7 +35,8 @@ class RemoteServer:
         self.name = name
         unmask = unmask or Path(sys.executable).parent / "unmask"  # console script: no cwd on path
         cmd = [str(unmask), "serve", *([str(model)] if model else []), "--port", str(self.port),
-               "--served-model-name", name, "--log-level", "warning", *extra]
+               *(["--served-model-name", name] if name else []), "--log-level", "warning",
+               *extra]
         if api_key:
             cmd += ["--api-key", api_key]
         log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"unmask-{self.port}.log"

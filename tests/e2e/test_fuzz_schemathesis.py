@@ -1,6 +1,6 @@
-"""Schemathesis against the real server's own OpenAPI schema: every `/v1/*` operation, valid and
-invalid generated requests, a fixed number of derandomized examples. No 5xx; every error is
-OpenAI-shaped; no response carries a traceback."""
+"""Schemathesis against the real server's own OpenAPI schema: every `/v1/*` operation and
+/tokenize, /detokenize, valid and invalid generated requests, a fixed number of derandomized
+examples. No 5xx; every error is OpenAI-shaped; no response carries a traceback."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
+from server.api.app import KEYED_PATHS  # noqa: E402
 from tests.e2e.server_harness import RemoteServer  # noqa: E402
 
 EXAMPLES = 12  # per operation and mode
@@ -49,9 +50,10 @@ def test_schemathesis_v1_routes(tiny_llada2: Path) -> None:
     try:
         schema = schemathesis.openapi.from_url(srv.url + "/openapi.json")
         ops = [r.ok() for r in schema.get_all_operations()]
-        ops = [op for op in ops if op.path.startswith("/v1/")]
-        assert {op.path for op in ops} == {"/v1/models", "/v1/completions",
-                                           "/v1/chat/completions"}
+        ops = [op for op in ops if op.path.startswith("/v1/") or op.path in KEYED_PATHS]
+        assert {op.path for op in ops} == {"/v1/models", "/v1/models/{model}",
+                                           "/v1/completions", "/v1/chat/completions",
+                                           *KEYED_PATHS}
         statuses: Counter[tuple[str, str, int]] = Counter()
         for op in ops:
             modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE]
