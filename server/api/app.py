@@ -302,7 +302,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
     async def completions(req: CompletionRequest, raw: Request) -> Response:
         s = admit(req)
         pairs = s.completion_choices(req, raw.state.request_id)
-        shape = Shape(False, raw.state.request_id, s.model_name, req.return_token_ids)
+        shape = Shape(False, raw.state.request_id, s.model_name, req.return_token_ids,
+                      s.logprob_format if req.logprobs is not None else None)
         return await _respond(state, s, raw, pairs, shape, req.n, req.stream,
                               bool(req.stream_options and req.stream_options.include_usage),
                               req.echo)
@@ -311,7 +312,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
     async def chat(req: ChatCompletionRequest, raw: Request) -> Response:
         s = admit(req)
         pairs = s.chat_choices(req, raw.state.request_id)
-        shape = Shape(True, raw.state.request_id, s.model_name, req.return_token_ids)
+        shape = Shape(True, raw.state.request_id, s.model_name, req.return_token_ids,
+                      s.logprob_format if req.logprobs else None)
         return await _respond(state, s, raw, pairs, shape, req.n, req.stream,
                               bool(req.stream_options and req.stream_options.include_usage))
 

@@ -25,10 +25,10 @@ HONOURED: dict[Endpoint, frozenset[str]] = {
     "chat": frozenset({
         "messages", "model", "max_completion_tokens", "max_tokens", "n", "seed", "stop",
         "stream", "stream_options", "temperature", "top_p", "tools", "tool_choice",
-        "response_format", "parallel_tool_calls"}),
+        "response_format", "parallel_tool_calls", "logprobs", "top_logprobs", "logit_bias"}),
     "completions": frozenset({
         "prompt", "model", "max_tokens", "n", "seed", "stop", "stream", "stream_options",
-        "temperature", "top_p", "echo"}),
+        "temperature", "top_p", "echo", "logprobs", "logit_bias"}),
 }
 
 
@@ -47,15 +47,14 @@ def _only(*values: Any) -> Callable[[Any, SamplingFields], bool]:
         v == d and isinstance(v, bool) == isinstance(d, bool) for d in values)
 
 
+_PENALTY = ("penalties over the output so far are not defined for block diffusion, which "
+            "commits out of order; not implemented for AR checkpoints either")
+
 # -- PENDING: sampling the engine does not do yet. Implementing one: delete its row, add the
 #    name to HONOURED and turn its row in docs/openai-api.md into "honoured".
 _PENDING: dict[str, Refusal] = {
-    "logprobs": Refusal(BOTH, _only(False), True, "log probabilities are not computed yet"),
-    "top_logprobs": Refusal(CHAT, _only(0), 2, "log probabilities are not computed yet"),
-    "logit_bias": Refusal(BOTH, _only({}), {"42": 5}, "logit biases are not applied yet"),
-    "presence_penalty": Refusal(BOTH, _only(0), 0.5, "penalties are not applied yet"),
-    "frequency_penalty": Refusal(BOTH, _only(0), 0.5, "penalties are not applied yet"),
-    "min_tokens": Refusal(BOTH, _only(0), 4, "min_tokens is not applied yet"),  # vLLM's
+    "presence_penalty": Refusal(BOTH, _only(0), 0.5, _PENALTY),
+    "frequency_penalty": Refusal(BOTH, _only(0), 0.5, _PENALTY),
 }
 
 # -- UNSUPPORTED: features this server does not have.

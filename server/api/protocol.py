@@ -78,6 +78,9 @@ class SamplingFields(OpenAIModel):
     # server's default. 0.0 is maximal editing, never "off".
     editing_threshold: Annotated[float | str | None, _EDITING_SCHEMA] = None
     max_post_steps: Annotated[int, Field(ge=0, le=1024)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]] | None \
+        = None  # token id (as a string, OpenAI's form) -> bias added before acceptance
+    min_tokens: Annotated[int, Field(ge=0)] | None = None  # vLLM's: no EOS/stop id before it
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
 
@@ -106,6 +109,20 @@ class SamplingFields(OpenAIModel):
             return v
         raise ValueError(f"editing_threshold must be a number in [0, 1] or 'off', got {v!r}")
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and not all(k.isdigit() for k in v):
+            raise ValueError("logit_bias keys must be token ids (non-negative integers)")
+        return v
+
+    def bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(k), float(b)) for k, b in (self.logit_bias or {}).items())
+
+    def top_logprobs_wanted(self) -> int | None:
+        """Top alternatives per output token, or None for no logprobs."""
+        return None
+
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
@@ -115,6 +132,17 @@ class SamplingFields(OpenAIModel):
 class CompletionRequest(SamplingFields):
     prompt: Annotated[str | list[str] | list[int] | list[list[int]], _PROMPT_SCHEMA]
     echo: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None  # OpenAI's completions limit
+
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
+
+    @model_validator(mode="after")
+    def _echo(self) -> CompletionRequest:
+        if self.echo and self.logprobs is not None:
+            raise ParamError("echo", "prompt log-probabilities (`echo` with `logprobs`) are "
+                                     "not computed")
+        return self
 
     @model_validator(mode="after")
     def _prompt(self) -> CompletionRequest:
@@ -178,6 +206,17 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     response_format: ResponseFormat | None = None
     parallel_tool_calls: bool = True
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @model_validator(mode="after")
+    def _logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ParamError("top_logprobs", "`top_logprobs` needs `logprobs` set to true")
+        return self
 
     @model_validator(mode="after")
     def _tools(self) -> ChatCompletionRequest:

@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from server.api.errors import error_body
+from server.api.logprobs import LogprobFormatter
 from server.api.serving import Choice, Event, sse, usage
+from server.core import TokenLogprob
 
 DONE = "data: [DONE]\n\n"
 
@@ -15,8 +17,10 @@ DONE = "data: [DONE]\n\n"
 class Shape:
     """What differs between /v1/completions and /v1/chat/completions."""
 
-    def __init__(self, chat: bool, rid: str, model: str, return_token_ids: bool) -> None:
+    def __init__(self, chat: bool, rid: str, model: str, return_token_ids: bool,
+                 logprobs: LogprobFormatter | None = None) -> None:
         self.chat, self.model, self.ids = chat, model, return_token_ids
+        self.logprobs = logprobs  # set when the request asked for logprobs
         self.id = f"chatcmpl-{rid}" if chat else f"cmpl-{rid}"
         self.object = "chat.completion" if chat else "text_completion"
         self.created = int(time.time())
@@ -31,11 +35,12 @@ class Shape:
             message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
             if parsed.calls:
                 message["tool_calls"] = [call.to_openai() for call in parsed.calls]
-            out: dict[str, Any] = {"index": c.index, "message": message, "logprobs": None,
+            out: dict[str, Any] = {"index": c.index, "message": message,
+                                   "logprobs": self._logprobs(c.logprobs),
                                    "finish_reason": c.chat_finish_reason(bool(parsed.calls))}
         else:
             text = (c.prompt_text or "") + c.text if echo else c.text
-            out = {"index": c.index, "text": text, "logprobs": None,
+            out = {"index": c.index, "text": text, "logprobs": self._logprobs(c.logprobs),
                    "finish_reason": c.finish_reason}
             if self.ids:
                 out["prompt_token_ids"] = c.prompt_ids
@@ -43,15 +48,25 @@ class Shape:
             out["token_ids"] = c.token_ids
         return out
 
+    def _logprobs(self, entries: list[TokenLogprob] | None, offset: int = 0
+                  ) -> dict[str, Any] | None:
+        if self.logprobs is None or entries is None:
+            return None
+        return self.logprobs.chat(entries) if self.chat else self.logprobs.completion(
+            entries, offset)
+
     def delta_choice(self, c: Choice, text: str | None, token_ids: list[int] | None,
-                     finish: str | None, role: bool = False) -> dict[str, Any]:
+                     finish: str | None, role: bool = False,
+                     logprobs: list[TokenLogprob] | None = None, offset: int = 0
+                     ) -> dict[str, Any]:
+        lp = self._logprobs(logprobs, offset)
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else (
                 {} if text is None else {"content": text})
-            out: dict[str, Any] = {"index": c.index, "delta": delta, "logprobs": None,
+            out: dict[str, Any] = {"index": c.index, "delta": delta, "logprobs": lp,
                                    "finish_reason": finish}
         else:
-            out = {"index": c.index, "text": text or "", "logprobs": None,
+            out = {"index": c.index, "text": text or "", "logprobs": lp,
                    "finish_reason": finish}
         if self.ids and token_ids is not None:
             out["token_ids"] = token_ids
@@ -80,15 +95,20 @@ async def stream(shape: Shape, choices: list[Choice], events: AsyncIterator[Even
         elif echo and c.prompt_text:
             yield sse(shape.head(True) | {"choices": [shape.delta_choice(c, c.prompt_text,
                                                                          None, None)]})
+    offsets: dict[int, int] = {}  # choice index -> characters of its tokens so far
     try:
         async for ev in events:
             c = ev.choice
             text, calls = ev.text, []
             if c.tool_stream is not None:
                 text, calls = c.tool_stream.feed(ev.text, final=ev.finished)
-            if text or (shape.ids and ev.token_ids):
+            if text or (shape.ids and ev.token_ids) or (shape.logprobs and ev.logprobs):
                 yield sse(shape.head(True) | {"choices": [shape.delta_choice(
-                    c, text, ev.token_ids, None)]})
+                    c, text, ev.token_ids, None, logprobs=ev.logprobs,
+                    offset=offsets.get(c.index, 0))]})
+                if shape.logprobs and ev.logprobs:  # completions' text_offset goes on
+                    offsets[c.index] = offsets.get(c.index, 0) + sum(
+                        len(shape.logprobs.text(e.token_id)) for e in ev.logprobs)
             if calls:
                 yield sse(shape.head(True) | {"choices": [{
                     "index": c.index, "delta": {"tool_calls": [d.to_openai() for d in calls]},

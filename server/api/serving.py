@@ -13,6 +13,7 @@ from typing import Any
 
 from server.api.async_engine import AsyncEngine
 from server.api.errors import APIError
+from server.api.logprobs import LogprobFormatter
 from server.api.metrics import Metrics
 from server.api.protocol import (
     ChatCompletionRequest,
@@ -30,6 +31,7 @@ from server.core import (
     GrammarKind,
     GrammarSpec,
     SamplingParams,
+    TokenLogprob,
 )
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.model.tokenizer import TokenizerInfo
@@ -57,6 +59,7 @@ class Choice:
     parser: ToolParser | None = None  # set when tool calls are parsed from this choice
     tool_stream: ToolStream | None = None
     forced_tool: bool = False  # tool_choice named a function: finish_reason stays "stop"
+    logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, when asked
 
     def parsed(self) -> ParsedOutput:
         if self.parser is None:
@@ -75,12 +78,14 @@ class Event:
     text: str
     token_ids: list[int]
     finished: bool
+    logprobs: list[TokenLogprob] | None = None  # of `token_ids`, when asked
 
 
 class OpenAIServing:
     def __init__(self, engine: AsyncEngine, tokenizer: TokenizerInfo, model_name: str,
                  metrics: Metrics, tool_parser: ToolParser | None = None) -> None:
         self.engine, self.tok = engine, tokenizer
+        self.logprob_format = LogprobFormatter(tokenizer)
         self.model_name, self.metrics = model_name, metrics
         self.tool_parser = tool_parser
 
@@ -108,7 +113,9 @@ class OpenAIServing:
                 top_k=req.top_k or 0, top_p=req.top_p if req.top_p is not None else 1.0,
                 seed=seed, threshold=req.threshold, stop=req.stop_list(),
                 stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=req.ignore_eos,
-                editing_threshold=req.editing_threshold, max_post_steps=req.max_post_steps)
+                editing_threshold=req.editing_threshold, max_post_steps=req.max_post_steps,
+                logprobs=req.top_logprobs_wanted(), logit_bias=req.bias_pairs(),
+                min_tokens=req.min_tokens or 0)
         except ValueError as e:
             raise APIError(400, str(e)) from None
 
@@ -235,6 +242,8 @@ class OpenAIServing:
     def _absorb(self, c: Choice, out: EngineOutput, q: asyncio.Queue[Event | None]) -> bool:
         now = time.monotonic()
         c.token_ids.extend(out.new_token_ids)
+        if out.logprobs is not None:
+            c.logprobs = (c.logprobs or []) + out.logprobs
         text = c.detok.feed(out.new_token_ids, final=out.finished)
         c.text += text
         stopped = c.detok.stopped is not None
@@ -253,7 +262,7 @@ class OpenAIServing:
             c.error = out.error if reason is FinishReason.ERROR else None
             c.bad_request = out.bad_request
             self._record_finish(c, out)
-        q.put_nowait(Event(c, text, out.new_token_ids, finished))
+        q.put_nowait(Event(c, text, out.new_token_ids, finished, out.logprobs))
         return stopped and not out.finished
 
     def _record_finish(self, c: Choice, out: EngineOutput) -> None:
