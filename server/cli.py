@@ -67,6 +67,8 @@ def _serve(args: argparse.Namespace) -> int:
     decoding |= {k: v for k, v in dict(
         threshold=args.threshold, editing_threshold=args.editing_threshold,
         max_post_steps=args.max_post_steps).items() if v is not None}
+    overrides = (args.hf_overrides or {}) | (
+        {"rope_scaling": args.rope_scaling} if args.rope_scaling else {})
     options = decoding | {k: v for k, v in dict(
         device=args.device, dtype=args.dtype,
         block_size=args.block_size, kv_cache_memory=args.kv_cache_memory,
@@ -77,7 +79,8 @@ def _serve(args: argparse.Namespace) -> int:
         acceptance_backend=args.acceptance_backend, moe_backend=args.moe_backend,
         enforce_eager=args.enforce_eager or None, simulate_tpf=args.simulate_tpf,
         tensor_parallel_size=args.tensor_parallel_size, nnodes=args.nnodes,
-        node_rank=args.node_rank, dist_init_addr=args.dist_init_addr).items() if v is not None}
+        node_rank=args.node_rank, dist_init_addr=args.dist_init_addr,
+        hf_overrides=overrides or None).items() if v is not None}
     from server.distributed.node import check_topology, run_node
 
     engine = engine_config(model, **options)
@@ -128,15 +131,26 @@ def _editing_threshold(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"a number in [0, 1] or 'off', got {text!r}") from None
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def _check_config(engine: EngineConfig) -> int:
     """Every start-up check the engine makes from the configuration files, without weights;
     what needs the device itself (free memory, GPUs visible) is listed as not checked."""
     from server.engine.startup import plan_startup
+    from server.model.config import ModelConfigError
     from server.model.loader import CheckpointError
 
     try:
         plan = plan_startup(engine)
-    except (ValueError, CheckpointError) as e:
+    except (ValueError, CheckpointError, ModelConfigError) as e:
         print(f"unmask serve: {e}", file=sys.stderr)
         return 2
     print(json.dumps({
@@ -185,7 +199,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-num-batched-tokens", type=int, default=None)
     s.add_argument("--max-queued-requests", type=int, default=None,
                    help="in-flight requests beyond which new ones get 503")
-    s.add_argument("--max-model-len", type=int, default=None)
+    s.add_argument("--max-model-len", type=int, default=None,
+                   help="context limit (default: the model's; with YaRN, original x factor); "
+                        "refused beyond what the model supports")
+    s.add_argument("--hf-overrides", type=_json_object, default=None, metavar="JSON",
+                   help="replace config.json keys, e.g. '{\"rope_scaling\": {...}}' (vLLM's)")
+    s.add_argument("--rope-scaling", type=_json_object, default=None, metavar="JSON",
+                   help="shortcut for --hf-overrides '{\"rope_scaling\": JSON}', e.g. "
+                        "'{\"rope_type\": \"yarn\", \"factor\": 4}'")
     s.add_argument("--no-prefix-caching", action="store_true")
     s.add_argument("--attention-backend", default=None,
                    help="auto | torch (SDPA) | flashinfer (CUDA)")

@@ -77,3 +77,31 @@ def test_the_pool_must_hold_one_context(tiny_llada2: Path) -> None:
     with pytest.raises(ValueError, match="maximum context length is 128"):
         engine.add_request(GenerateRequest("big", tuple(range(5, 105)),
                                            SamplingParams(max_tokens=64)))
+
+
+def test_served_with_yarn_flags_over_http(tiny_llada2_peaky: Path) -> None:
+    """`unmask serve --hf-overrides ... --max-model-len 4x`: a prompt past the original context
+    is served and equals the YaRN reference; past the extended one it is a 400."""
+    import httpx
+
+    from tests.e2e.server_harness import API_KEY, RemoteServer
+
+    model_dir = tiny_llada2_peaky
+    ids = make_prompt(model_dir, 300, seed=300)
+    srv = RemoteServer(model_dir, "--hf-overrides", json.dumps(YARN), "--max-model-len",
+                       str(4 * ORIGINAL), "--num-pages", "64")
+    try:
+        r = srv.client().completions.create(model="tiny", prompt=ids, max_tokens=100,
+                                            extra_body={"return_token_ids": True})
+        too_long = httpx.post(srv.url + "/v1/completions",
+                              headers={"Authorization": f"Bearer {API_KEY}"},
+                              json={"model": "tiny", "prompt": ids + ids, "max_tokens": 4})
+    finally:
+        assert srv.stop() == 0
+    with torch.inference_mode():
+        want = reference_generate(reference_model(model_dir, YARN), ids, 100,
+                                  mask_id=_mask_id(model_dir),
+                                  eos_ids=read_special_ids(model_dir).eos_ids)
+    assert r.choices[0].model_extra["token_ids"] == want
+    assert too_long.status_code == 400, too_long.text
+    assert "maximum context length is 512" in too_long.json()["error"]["message"]
