@@ -83,8 +83,17 @@ def test_ar_logprobs_equal_the_next_token_log_softmax(tiny_ling2: Path) -> None:
     try:
         r = strict(srv).completions.create(model="tiny", prompt=ids, max_tokens=12,
                                            logprobs=1, extra_body={"return_token_ids": True})
+        streamed = [lp for ch in srv.client().completions.create(
+            model="tiny", prompt=ids, max_tokens=12, logprobs=1, stream=True)
+            if ch.choices and ch.choices[0].logprobs
+            for lp in ch.choices[0].logprobs.token_logprobs]
+        chat = strict(srv).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+            logprobs=True, top_logprobs=2)
     finally:
         assert srv.stop() == 0
+    assert streamed == r.choices[0].logprobs.token_logprobs
+    assert len(chat.choices[0].logprobs.content) == chat.usage.completion_tokens
     ref: dict[int, torch.Tensor] = {}
     with torch.inference_mode():
         want = reference_ar_greedy(load_reference(tiny_ling2), ids, 12,
