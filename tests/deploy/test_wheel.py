@@ -19,7 +19,7 @@ from tests.e2e.server_harness import RemoteServer
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("server", "unmask_kernels", "loadtest")
 LEFT_OUT = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", "*.pyc",
-                                  "results")
+                                  "results", "wheels")
 
 
 @pytest.fixture(scope="module")
