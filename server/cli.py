@@ -81,16 +81,19 @@ def _serve(args: argparse.Namespace) -> int:
         tensor_parallel_size=args.tensor_parallel_size, nnodes=args.nnodes,
         node_rank=args.node_rank, dist_init_addr=args.dist_init_addr,
         hf_overrides=overrides or None).items() if v is not None}
-    from server.distributed.node import check_topology, run_node
+    from server.distributed.node import run_node
 
     engine = engine_config(model, **options)
     if args.check_config:
         return _check_config(engine)
+    from server.engine.startup import plan_startup
+    from server.model.loader import CheckpointError
+
     try:
-        check_topology(engine)
+        plan_startup(engine)  # every check the config files allow, before anything starts
         if engine.node_rank > 0:  # node k of a multi-node group: its ranks only, no HTTP API
             return run_node(engine)
-    except ValueError as e:
+    except (ValueError, CheckpointError) as e:
         print(f"unmask serve: {e}", file=sys.stderr)
         return 2
     # the model argument exactly as typed (hub id or path); the embedded model: its dir name
