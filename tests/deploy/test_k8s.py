@@ -166,7 +166,7 @@ def test_container_command_becomes_the_configmap_flags(overlay: str, tmp_path: P
         for key, value in flags.items():
             action = serve_options()[key]
             expect = (True if value == "true" else None) if action.nargs == 0 else (
-                action.type or str)(value)
+                value.split() if action.nargs == "+" else (action.type or str)(value))
             assert getattr(args, action.dest) == expect, key
         assert args.model == (model or None)
         if overlay == "multinode":  # the pod's place in the group, from the LWS controller

@@ -46,8 +46,8 @@ def test_invalid_requests_are_refused_and_others_go_on(tiny_llada2: Path) -> Non
         engine.add_request(GenerateRequest("v", (10**9,), SamplingParams()))
     with pytest.raises(ValueError, match="maximum context length is 256 tokens"):
         engine.add_request(GenerateRequest("l", tuple(good), SamplingParams(max_tokens=250)))
-    small = make_engine(tiny_llada2, num_pages=2)
-    with pytest.raises(ValueError, match="KV pages"):
+    small = make_engine(tiny_llada2, num_pages=2)  # the context is lowered to the pool: 64
+    with pytest.raises(ValueError, match="maximum context length is 64 tokens"):
         small.add_request(GenerateRequest("p", tuple(good), SamplingParams(max_tokens=100)))
     result = run(engine, [("ok", good, SamplingParams(max_tokens=20))])
     assert len(result.tokens["ok"]) == 20 and engine.kv.pool.num_used == 0

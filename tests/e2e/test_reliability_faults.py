@@ -25,18 +25,18 @@ MARKER = 700  # prompt token id that trips the test-only fault hook
 
 
 def _complete(srv: RemoteServer, prompt: list[int], max_tokens: int, stream: bool = False,
-              timeout: float = 120) -> httpx.Response:
+              timeout: float = 120, n: int = 1) -> httpx.Response:
     return httpx.post(srv.url + "/v1/completions", headers=HEADERS, timeout=timeout, json={
         "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": stream,
-        "return_token_ids": True})
+        "return_token_ids": True, "n": n})
 
 
 @pytest.fixture(scope="module")
 def srv(tiny_llada2: Path) -> Iterator[RemoteServer]:
     """One server for the poisoned-request, overload and KV-exhaustion tests: fault hook on,
-    a 10-page pool, at most 6 requests / 1000 tokens in flight."""
+    a 10-page pool (so a 320-token context), at most 6 requests / 800 tokens in flight."""
     s = RemoteServer(tiny_llada2, "--num-pages", "10", "--max-running-requests", "6",
-                     "--max-queued-requests", "6", "--max-queued-tokens", "1000",
+                     "--max-queued-requests", "6", "--max-queued-tokens", "800",
                      env={"UNMASK_TEST_FAULT_TOKEN": str(MARKER)})
     yield s
     assert s.stop() == 0
@@ -129,7 +129,7 @@ def test_engine_death_is_503_and_errors_in_flight(tiny_llada2: Path) -> None:
 
 
 def test_overload_sheds_with_503_and_admitted_succeed(srv: RemoteServer) -> None:
-    # capacity 6 requests / 1000 tokens; 60 clients arrive at once (10x)
+    # capacity 6 requests (of 66 tokens: 396 <= 800); 60 clients arrive at once (10x)
     async def go() -> list[int]:
         client = srv.async_client()
 
@@ -150,8 +150,8 @@ def test_overload_sheds_with_503_and_admitted_succeed(srv: RemoteServer) -> None
     codes = asyncio.run(go())
     assert codes.count(200) >= 6 and codes.count(503) >= 30, codes
     assert time.monotonic() - t0 < 60
-    # the token cap alone: one request whose prompt + max_tokens exceed it
-    r = _complete(srv, [100] * 10, 995)
+    # the token cap alone: one request (three choices) whose prompt + max_tokens exceed it
+    r = _complete(srv, [100] * 10, 300, n=3)
     assert r.status_code == 503 and r.headers["retry-after"]
     assert httpx.get(srv.url + "/health").status_code == 200
 
