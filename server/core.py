@@ -89,6 +89,7 @@ class SamplingParams:
     editing_threshold: float | str | None = None
     max_post_steps: int | None = None  # None = the engine's default (16)
     logprobs: int | None = None  # report each output token's logprob and this many top ones
+    prompt_logprobs: int | None = None  # AR only: each prompt token's logprob (+ this many top)
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) added before acceptance
     min_tokens: int = 0  # EOS and stop ids cannot be written at output indices below this
 
@@ -123,6 +124,11 @@ class SamplingParams:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int)
                               or not 0 <= n <= MAX_LOGPROBS):
             raise bad("logprobs", f"must be an integer in [0, {MAX_LOGPROBS}], got {n!r}")
+        n = self.prompt_logprobs
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int)
+                              or not 0 <= n <= MAX_LOGPROBS):
+            raise bad("prompt_logprobs", f"must be an integer in [0, {MAX_LOGPROBS}], got "
+                                         f"{n!r}")
         if any(not -100 <= b <= 100 or not math.isfinite(b) for _, b in self.logit_bias):
             raise bad("logit_bias", "values must be in [-100, 100]")
         if any(isinstance(t, bool) or not isinstance(t, int) or t < 0
@@ -213,6 +219,9 @@ class Sequence:
     # with params.logprobs: absolute position -> the logprob of the token last written there
     # (entries leave once their token is emitted)
     logprob_at: dict[int, TokenLogprob] = field(default_factory=dict)
+    # with params.prompt_logprobs (AR): one per prompt token, None for the first; sent once
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    prompt_logprobs_sent: bool = False
     generator: torch.Generator | None = None  # per-request sampler state (seeded requests)
     grammar: GrammarState | None = None  # set when the compiled grammar is ready
     finish_reason: FinishReason | None = None
@@ -303,6 +312,7 @@ class EngineOutput:
     stats: RequestStats | None = None  # set when finished
     bad_request: bool = False  # the error is the request's fault (the API answers 400)
     logprobs: list[TokenLogprob] | None = None  # one per new token, with params.logprobs
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # AR, with the first output
 
 
 @dataclass(slots=True)

@@ -50,3 +50,16 @@ class LogprobFormatter:
                 "top_logprobs": [{self.text(t): _num(lp) for t, lp in e.top}
                                  for e in entries],
                 "text_offset": offsets}
+
+    def completion_echo(self, prompt_ids: list[int], prompt: list[TokenLogprob | None],
+                        entries: list[TokenLogprob]) -> dict[str, Any]:
+        """`echo` + `logprobs`: the prompt's tokens first (the first has no logprob: null),
+        then the output's, one `text_offset` sequence over both."""
+        out = self.completion(entries, sum(len(self.text(t)) for t in prompt_ids))
+        head = self.completion([e for e in prompt if e is not None],
+                               len(self.text(prompt_ids[0])))
+        first = self.text(prompt_ids[0])
+        return {"tokens": [first, *head["tokens"], *out["tokens"]],
+                "token_logprobs": [None, *head["token_logprobs"], *out["token_logprobs"]],
+                "top_logprobs": [None, *head["top_logprobs"], *out["top_logprobs"]],
+                "text_offset": [0, *head["text_offset"], *out["text_offset"]]}

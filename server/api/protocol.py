@@ -123,6 +123,10 @@ class SamplingFields(OpenAIModel):
         """Top alternatives per output token, or None for no logprobs."""
         return None
 
+    def prompt_logprobs_wanted(self) -> int | None:
+        """Top alternatives per prompt token (completions `echo` + `logprobs`), or None."""
+        return None
+
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
@@ -137,11 +141,14 @@ class CompletionRequest(SamplingFields):
     def top_logprobs_wanted(self) -> int | None:
         return self.logprobs
 
+    def prompt_logprobs_wanted(self) -> int | None:
+        return self.logprobs if self.echo else None
+
     @model_validator(mode="after")
     def _echo(self) -> CompletionRequest:
-        if self.echo and self.logprobs is not None:
+        if self.echo and self.logprobs is not None and self.stream:
             raise ParamError("echo", "prompt log-probabilities (`echo` with `logprobs`) are "
-                                     "not computed")
+                                     "not streamed: set `stream` to false")
         return self
 
     @model_validator(mode="after")

@@ -40,7 +40,11 @@ class Shape:
                                    "finish_reason": c.chat_finish_reason(bool(parsed.calls))}
         else:
             text = (c.prompt_text or "") + c.text if echo else c.text
-            out = {"index": c.index, "text": text, "logprobs": self._logprobs(c.logprobs),
+            lp = self._logprobs(c.logprobs)
+            if echo and self.logprobs is not None and c.prompt_logprobs is not None:
+                lp = self.logprobs.completion_echo(c.prompt_ids, c.prompt_logprobs,
+                                                   c.logprobs or [])
+            out = {"index": c.index, "text": text, "logprobs": lp,
                    "finish_reason": c.finish_reason}
             if self.ids:
                 out["prompt_token_ids"] = c.prompt_ids

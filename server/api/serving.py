@@ -60,6 +60,7 @@ class Choice:
     tool_stream: ToolStream | None = None
     forced_tool: bool = False  # tool_choice named a function: finish_reason stays "stop"
     logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, when asked
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # echo + logprobs (AR)
 
     def parsed(self) -> ParsedOutput:
         if self.parser is None:
@@ -107,6 +108,11 @@ class OpenAIServing:
 
     def _params(self, req: SamplingFields, max_tokens: int, index: int) -> SamplingParams:
         seed = None if req.seed is None else req.seed + index
+        prompt_lp = req.prompt_logprobs_wanted()
+        if prompt_lp is not None and self.engine.info.mode == "diffusion":
+            raise APIError(400, "prompt log-probabilities (`echo` with `logprobs`) are not "
+                                "defined for a block-diffusion model, which has no "
+                                "left-to-right distribution over its prompt", param="echo")
         try:
             return SamplingParams(
                 max_tokens=max_tokens, temperature=req.temperature or 0.0,
@@ -114,7 +120,8 @@ class OpenAIServing:
                 seed=seed, threshold=req.threshold, stop=req.stop_list(),
                 stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=req.ignore_eos,
                 editing_threshold=req.editing_threshold, max_post_steps=req.max_post_steps,
-                logprobs=req.top_logprobs_wanted(), logit_bias=req.bias_pairs(),
+                logprobs=req.top_logprobs_wanted(), prompt_logprobs=prompt_lp,
+                logit_bias=req.bias_pairs(),
                 min_tokens=req.min_tokens or 0)
         except ValueError as e:
             raise APIError(400, str(e)) from None
@@ -244,6 +251,8 @@ class OpenAIServing:
         c.token_ids.extend(out.new_token_ids)
         if out.logprobs is not None:
             c.logprobs = (c.logprobs or []) + out.logprobs
+        if out.prompt_logprobs is not None:
+            c.prompt_logprobs = out.prompt_logprobs
         text = c.detok.feed(out.new_token_ids, final=out.finished)
         c.text += text
         stopped = c.detok.stopped is not None

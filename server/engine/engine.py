@@ -164,6 +164,15 @@ class Engine:
         if bad is not None:
             raise ValueError(f"logit_bias token id {bad} is outside the vocabulary [0, "
                              f"{self.vocab_size})")
+        if p.prompt_logprobs is not None:
+            if isinstance(self.mode, BlockDiffusion):
+                raise ValueError("prompt log-probabilities (echo with logprobs) are not "
+                                 "defined for block-diffusion checkpoints: a diffusion model "
+                                 "has no left-to-right distribution over its prompt")
+            if len(req.prompt_ids) > self.cfg.scheduler.max_num_batched_tokens:
+                raise ValueError(f"prompt log-probabilities need the prompt in one forward: "
+                                 f"{len(req.prompt_ids)} tokens exceed --max-num-batched-tokens "
+                                 f"{self.cfg.scheduler.max_num_batched_tokens}")
         if not isinstance(self.mode, BlockDiffusion) and (
                 p.editing_threshold not in (None, EDITING_OFF) or p.max_post_steps is not None):
             raise ValueError("editing_threshold and max_post_steps apply to block-diffusion "

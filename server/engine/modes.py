@@ -304,6 +304,25 @@ class BlockDiffusion:
         return True
 
 
+def _wants_prompt_logprobs(seq: Sequence) -> bool:
+    return seq.params.prompt_logprobs is not None and seq.prompt_logprobs is None
+
+
+def _record_prompt_logprobs(seq: Sequence, logits: torch.Tensor) -> None:
+    """logits [P-1, V]: row i is the next-token distribution after prompt token i."""
+    n = seq.params.prompt_logprobs or 0
+    lp = logits.float().log_softmax(-1)
+    ids = torch.tensor(seq.req.prompt_ids[1:], device=lp.device)
+    chosen = lp.gather(1, ids[:, None])[:, 0]  # [P-1]
+    top_v, top_i = lp.topk(n, dim=-1) if n else (lp[:, :0], lp[:, :0].long())
+    host = torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1).tolist()
+    entries: list[TokenLogprob | None] = [None]
+    for t, vals in zip(seq.req.prompt_ids[1:], host, strict=True):
+        top = tuple((int(i), v) for i, v in zip(vals[1 + n :], vals[1 : 1 + n], strict=True))
+        entries.append(TokenLogprob(t, vals[0], top))
+    seq.prompt_logprobs = entries
+
+
 class Autoregressive:
     """One token per step at the last position; causal attention; pages fill one slot a step."""
 
@@ -317,14 +336,32 @@ class Autoregressive:
                         block_start=len(req.prompt_ids))
 
     def num_final(self, seq: Sequence) -> int:
+        if _wants_prompt_logprobs(seq):
+            return 0  # the whole prompt is forwarded once, with logits (no prefix reuse)
         return len(seq.tokens) - 1  # the last token is forwarded to produce the next logits
 
     def segment(self, seq: Sequence) -> Segment:
         end = len(seq.tokens)
-        return Segment(seq, seq.num_cached, end, logits_start=end - 1, cache_end=end)
+        first = seq.num_cached if _wants_prompt_logprobs(seq) else end - 1
+        return Segment(seq, seq.num_cached, end, logits_start=first, cache_end=end)
 
     def accept(self, segments: list[Segment], logits: torch.Tensor) -> list[int]:
+        """logits [rows, V]: one row per segment, or a whole prompt's for a sequence that
+        wants prompt logprobs (its rows before the last predict prompt tokens 1..P-1)."""
+        rows = [s.end - (s.logits_start if s.logits_start is not None else s.end - 1)
+                for s in segments]
+        if any(r > 1 for r in rows):
+            last = torch.tensor(rows, device=logits.device).cumsum(0) - 1
+            start = 0
+            for seg, r in zip(segments, rows, strict=True):
+                if r > 1:
+                    _record_prompt_logprobs(seg.seq, logits[start : start + r - 1])
+                start += r
+            logits = logits[last]  # [S, V]: the next-token rows
         seqs = [s.seq for s in segments]
+        for s in seqs:
+            if _wants_prompt_logprobs(s) and s.prompt_len == 1:
+                s.prompt_logprobs = [None]  # a one-token prompt has nothing to predict
         sampling = _sampling(seqs)
         process_logits(seqs, logits[:, None], [len(s.tokens) for s in seqs],
                        self.eos_ids)  # [S, 1, V] view: in place

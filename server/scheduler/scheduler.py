@@ -106,6 +106,8 @@ class Scheduler:
         """The segment, or a prefill chunk of whole attention blocks that fits the budget."""
         if seg.num_tokens <= budget:
             return seg
+        if seg.logits_start is not None and seg.logits_start < seg.end - self.mode.attn_block:
+            return None  # logits wanted along the whole segment (prompt logprobs): not split
         n = budget // self.mode.attn_block * self.mode.attn_block
         if n <= 0:
             return None
@@ -175,8 +177,12 @@ class Scheduler:
             self._finish(seq, reason)
         if not new and reason is None:
             return None
+        prompt_lp = None
+        if seq.prompt_logprobs is not None and not seq.prompt_logprobs_sent:
+            prompt_lp, seq.prompt_logprobs_sent = seq.prompt_logprobs, True
         return EngineOutput(seq.rid, new, reason is not None, reason,
-                            stats=seq.stats if reason is not None else None, logprobs=logprobs)
+                            stats=seq.stats if reason is not None else None, logprobs=logprobs,
+                            prompt_logprobs=prompt_lp)
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         if seq.status is SeqStatus.RUNNING:

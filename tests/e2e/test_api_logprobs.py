@@ -90,10 +90,33 @@ def test_ar_logprobs_equal_the_next_token_log_softmax(tiny_ling2: Path) -> None:
         chat = strict(srv).chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8,
             logprobs=True, top_logprobs=2)
+        # not strict: OpenAI (and vLLM) answer null for the first prompt token, which the
+        # SDK's types (List[float]) do not allow
+        echoed = srv.client().completions.create(model="tiny", prompt=ids, max_tokens=12,
+                                                 logprobs=1, echo=True)
+        streamed_echo = httpx.post(srv.url + "/v1/completions", headers={
+            "Authorization": f"Bearer {API_KEY}"}, json={
+            "model": "tiny", "prompt": ids, "max_tokens": 4, "logprobs": 1, "echo": True,
+            "stream": True})
     finally:
         assert srv.stop() == 0
     assert streamed == r.choices[0].logprobs.token_logprobs
     assert len(chat.choices[0].logprobs.content) == chat.usage.completion_tokens
+    # echo + logprobs: the prompt's tokens first (the first has none), then the output's
+    e = echoed.choices[0].logprobs
+    assert len(e.tokens) == len(ids) + 12 and e.token_logprobs[0] is None
+    assert e.token_logprobs[len(ids):] == r.choices[0].logprobs.token_logprobs
+    with torch.inference_mode():
+        from tests.reference.decode import block_causal_visible
+
+        full = load_reference(tiny_ling2).forward(torch.tensor(ids),
+                                                  block_causal_visible(len(ids), 1))
+    lsm = full.log_softmax(-1)
+    for i in range(1, len(ids)):
+        assert e.token_logprobs[i] == pytest.approx(float(lsm[i - 1, ids[i]]), abs=1e-4)
+    assert e.text_offset == sorted(e.text_offset) and e.text_offset[0] == 0
+    assert streamed_echo.status_code == 400
+    assert streamed_echo.json()["error"]["param"] == "echo"
     ref: dict[int, torch.Tensor] = {}
     with torch.inference_mode():
         want = reference_ar_greedy(load_reference(tiny_ling2), ids, 12,

@@ -95,3 +95,37 @@ def test_no_logprobs_unless_asked(tiny_llada2: Path) -> None:
         assert all(o.logprobs is None for o in engine.step().outputs)
     with pytest.raises(ValueError, match="logprobs"):
         SamplingParams(logprobs=21)
+
+
+def test_ar_prompt_logprobs_equal_a_plain_forward(tiny_ling2: Path, tiny_llada2: Path) -> None:
+    """echo + logprobs on an AR checkpoint: prompt token i's log-probability is the plain
+    causal forward's log-softmax at i-1 (the first token has none), beside normal requests;
+    a block-diffusion checkpoint refuses it."""
+    from tests.reference.decode import block_causal_visible
+
+    model_dir = tiny_ling2
+    ids = make_prompt(model_dir, 40, seed=12)
+    engine = make_engine(model_dir, max_running_requests=4)
+    engine.add_request(GenerateRequest("n", tuple(make_prompt(model_dir, 9, seed=2)),
+                                       SamplingParams(max_tokens=6)))
+    engine.add_request(GenerateRequest("p", tuple(ids), SamplingParams(
+        max_tokens=5, logprobs=1, prompt_logprobs=2)))
+    firsts = {}
+    while engine.has_work():
+        for o in engine.step().outputs:
+            firsts.setdefault(o.rid, o)
+    got = firsts["p"].prompt_logprobs
+    assert firsts["n"].prompt_logprobs is None and got is not None and got[0] is None
+    with torch.inference_mode():
+        logits = load_reference(model_dir).forward(torch.tensor(ids),
+                                                   block_causal_visible(len(ids), 1))
+    ref = logits.log_softmax(-1)
+    assert len(got) == len(ids)
+    for i in range(1, len(ids)):
+        e = got[i]
+        assert e is not None and e.token_id == ids[i]
+        assert e.logprob == pytest.approx(float(ref[i - 1, ids[i]]), abs=1e-4)
+        assert [t for t, _ in e.top] == ref[i - 1].topk(2).indices.tolist()
+    with pytest.raises(ValueError, match="block-diffusion"):
+        make_engine(tiny_llada2).add_request(GenerateRequest(
+            "d", (5, 6, 7), SamplingParams(prompt_logprobs=0)))
