@@ -16,6 +16,14 @@ def block_causal_visible(n: int, block: int) -> torch.Tensor:
     return blk[None, :] <= blk[:, None]
 
 
+def cut_after_eos(answer: list[int], eos: set[int]) -> list[int]:
+    """The answer up to and including its first EOS (spec: the output ends there)."""
+    for i, t in enumerate(answer):
+        if t in eos:
+            return answer[: i + 1]
+    return answer
+
+
 def reference_generate(model: ReferenceModel, prompt_ids: list[int], gen_length: int, *,
                        block_length: int = 32, threshold: float = 0.95, mask_id: int,
                        eos_ids: Sequence[int], min_commit: int = 1,
@@ -53,11 +61,7 @@ def reference_generate(model: ReferenceModel, prompt_ids: list[int], gen_length:
                     logprobs[lo + i - P] = logits[i].log_softmax(-1)
         if any(int(t) in eos for t in x[P:hi]):
             break
-    answer = x[P : P + gen_length].tolist()
-    for i, t in enumerate(answer):
-        if t in eos:
-            return answer[: i + 1]
-    return answer
+    return cut_after_eos(x[P : P + gen_length].tolist(), eos)
 
 
 def reference_generate_editing(model: ReferenceModel, prompt_ids: list[int], gen_length: int,
@@ -133,11 +137,7 @@ def reference_generate_editing(model: ReferenceModel, prompt_ids: list[int], gen
             forwards.append((n_forwards, budget_end))
         if any(int(t) in eos for t in x[P:hi]):
             break
-    answer = x[P : P + gen_length].tolist()
-    for i, t in enumerate(answer):
-        if t in eos:
-            return answer[: i + 1]
-    return answer
+    return cut_after_eos(x[P : P + gen_length].tolist(), eos)
 
 
 def reference_ar_greedy(model: ReferenceModel, prompt_ids: list[int], max_tokens: int, *,
