@@ -47,8 +47,9 @@ class LogprobFormatter:
             offsets.append(offset)
             offset += len(t)
         return {"tokens": tokens, "token_logprobs": [_num(e.logprob) for e in entries],
+                # OpenAI's: the chosen token is among its top entries (up to logprobs + 1)
                 "top_logprobs": [{self.text(t): _num(lp) for t, lp in e.top}
-                                 for e in entries],
+                                 | {self.text(e.token_id): _num(e.logprob)} for e in entries],
                 "text_offset": offsets}
 
     def completion_echo(self, prompt_ids: list[int], prompt: list[TokenLogprob | None],

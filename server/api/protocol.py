@@ -114,6 +114,8 @@ class SamplingFields(OpenAIModel):
     def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         if v is not None and not all(k.isdigit() for k in v):
             raise ValueError("logit_bias keys must be token ids (non-negative integers)")
+        if v is not None and len({int(k) for k in v}) != len(v):
+            raise ValueError("logit_bias names a token id twice")
         return v
 
     def bias_pairs(self) -> tuple[tuple[int, float], ...]:

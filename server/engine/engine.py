@@ -22,7 +22,7 @@ from server.core import (
     StepStats,
 )
 from server.engine.modes import BlockDiffusion, DecodeMode
-from server.engine.startup import kv_pages, plan_startup
+from server.engine.startup import fit_context, kv_pages, plan_startup
 from server.grammar.waiting import GrammarWaitingRoom
 from server.kv_cache.manager import KVManager
 from server.kv_cache.page_pool import PagePool
@@ -98,7 +98,8 @@ class Engine:
 
                 self.runner = GraphedDenoiseRunner(self.runner, self.mode.block_size,
                                                    self.max_model_len)
-        self._fit_context(num_pages)
+        self.max_model_len = fit_context(self.max_model_len, cfg.max_model_len is not None,
+                                         num_pages, self.mode.page_size)
         acceptance = "torch"
         if isinstance(self.mode, BlockDiffusion):
             acceptance, self.mode.accept_fn = resolve("acceptance", cfg.acceptance_backend,
@@ -122,20 +123,6 @@ class Engine:
             log.info("moe backend %s; denoise CUDA graphs %s", moe_backend,
                      "on" if type(self.runner).__name__ == "GraphedDenoiseRunner" else "off")
         log.info("engine ready in %.1fs: %s", time.perf_counter() - t0, self.info)
-
-    def _fit_context(self, num_pages: int) -> None:
-        """One request of the context length must fit the KV pool: an explicit --max-model-len
-        that does not is refused; the default is lowered to what fits, with a warning."""
-        fits = num_pages * self.mode.page_size
-        if fits >= self.max_model_len:
-            return
-        msg = (f"the KV pool holds {num_pages} pages ({fits} tokens), less than one "
-               f"request of the context length {self.max_model_len}")
-        if self.cfg.max_model_len is not None:
-            raise ValueError(f"{msg}: raise --kv-cache-memory/--num-pages or lower "
-                             "--max-model-len")
-        log.warning("%s: max_model_len lowered to %d", msg, fits)
-        self.max_model_len = fits
 
     def _num_pages(self, mcfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> int:
         """`start_tensor_parallel`'s callback: rank 0 sizes the pool for every rank."""

@@ -132,9 +132,10 @@ class BlockDiffusion:
     forward had its final tokens as input: its KV is final and it is never re-forwarded."""
 
     def __init__(self, block_size: int, mask_id: int, threshold: float,
-                 editing: Editing | None = None, eos_ids: frozenset[int] = frozenset()
-                 ) -> None:
+                 editing: Editing | None = None, eos_ids: frozenset[int] = frozenset(),
+                 max_post_steps: int = DEFAULT_MAX_POST_STEPS) -> None:
         self.eos_ids = eos_ids
+        self.max_post_steps = max_post_steps  # the default budget, also when editing is off
         self.attn_block = self.page_size = self.block_size = block_size
         self.mask_id = mask_id
         self.threshold = threshold
@@ -151,9 +152,10 @@ class BlockDiffusion:
                         editing=self.editing_of(req))
 
     def editing_of(self, req: GenerateRequest) -> Editing | None:
-        """The request's editing rule; ValueError for a combination that would be ignored.
+        """The request's editing rule; ValueError for `max_post_steps` with editing off.
         Grammar-constrained requests commit in order at the matcher's frontier, so every
-        generated position is consumed by the matcher: they never edit (docs/editing.md)."""
+        generated position is consumed by the matcher: under the documented rule "no edits at
+        consumed positions" they never edit, whatever they ask (docs/editing.md)."""
         p, default = req.params, self.editing
         t = p.editing_threshold
         if t is None:
@@ -164,9 +166,7 @@ class BlockDiffusion:
             return None
         if req.grammar is not None:
             return None
-        posts = p.max_post_steps
-        if posts is None:
-            posts = default.max_post_steps if default is not None else DEFAULT_MAX_POST_STEPS
+        posts = p.max_post_steps if p.max_post_steps is not None else self.max_post_steps
         return Editing(float(t), posts)
 
     def num_final(self, seq: Sequence) -> int:
@@ -304,6 +304,9 @@ class BlockDiffusion:
         return True
 
 
+PROMPT_LOGPROB_CHUNK = 1024  # rows of vocabulary-wide fp32 work at a time
+
+
 def _wants_prompt_logprobs(seq: Sequence) -> bool:
     return seq.params.prompt_logprobs is not None and seq.prompt_logprobs is None
 
@@ -311,11 +314,13 @@ def _wants_prompt_logprobs(seq: Sequence) -> bool:
 def _record_prompt_logprobs(seq: Sequence, logits: torch.Tensor) -> None:
     """logits [P-1, V]: row i is the next-token distribution after prompt token i."""
     n = seq.params.prompt_logprobs or 0
-    lp = logits.float().log_softmax(-1)
-    ids = torch.tensor(seq.req.prompt_ids[1:], device=lp.device)
-    chosen = lp.gather(1, ids[:, None])[:, 0]  # [P-1]
-    top_v, top_i = lp.topk(n, dim=-1) if n else (lp[:, :0], lp[:, :0].long())
-    host = torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1).tolist()
+    ids = torch.tensor(seq.req.prompt_ids[1:], device=logits.device)
+    host: list[list[float]] = []
+    for lo in range(0, logits.shape[0], PROMPT_LOGPROB_CHUNK):  # bounded fp32 copies
+        lp = logits[lo : lo + PROMPT_LOGPROB_CHUNK].float().log_softmax(-1)
+        chosen = lp.gather(1, ids[lo : lo + PROMPT_LOGPROB_CHUNK, None])[:, 0]
+        top_v, top_i = lp.topk(n, dim=-1) if n else (lp[:, :0], lp[:, :0].long())
+        host += torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1).tolist()
     entries: list[TokenLogprob | None] = [None]
     for t, vals in zip(seq.req.prompt_ids[1:], host, strict=True):
         top = tuple((int(i), v) for i, v in zip(vals[1 + n :], vals[1 : 1 + n], strict=True))

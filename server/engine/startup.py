@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from server.model.loader import resolve_model_path
 from server.model.specials import SpecialIds, read_special_ids
 from server.runner.attention import KVCache
 
+log = logging.getLogger(__name__)
 CPU_KV_DEFAULT = 512 << 20
 BACKEND_NAMES = {"attention": ("auto", "torch", "flashinfer"),
                  "acceptance": ("auto", "torch", "triton"), "moe": ("auto", "torch", "triton")}
@@ -74,8 +76,9 @@ def plan_startup(cfg: EngineConfig) -> StartupPlan:
         block = cfg.diffusion.block_size or DIFFUSION_DEFAULTS[mcfg.architecture]["block_size"]
         if block < 1:
             raise ValueError(f"--block-size must be >= 1, got {block}")
-        mode = BlockDiffusion(block, specials.mask_id, cfg.diffusion.threshold,
-                              default_editing(cfg, model_dir), frozenset(specials.eos_ids))
+        editing, posts = default_editing(cfg, model_dir)
+        mode = BlockDiffusion(block, specials.mask_id, cfg.diffusion.threshold, editing,
+                              frozenset(specials.eos_ids), posts)
     else:
         if cfg.diffusion.editing_threshold not in (None, EDITING_OFF) or \
                 cfg.diffusion.max_post_steps is not None:
@@ -95,14 +98,32 @@ def plan_startup(cfg: EngineConfig) -> StartupPlan:
         # a fixed budget is checkable before any device exists; each rank holds 1/tp of the heads
         local = dataclasses.replace(mcfg, num_key_value_heads=max(
             1, mcfg.num_key_value_heads // cfg.tensor_parallel_size))
-        kv_pages(cfg, local, mode.page_size, dtype, device)
+        pages = kv_pages(cfg, local, mode.page_size, dtype, device)
+        plan = dataclasses.replace(plan, max_model_len=fit_context(
+            max_model_len, cfg.max_model_len is not None, pages, mode.page_size))
     return plan
 
 
-def default_editing(cfg: EngineConfig, model_dir: Path) -> Editing | None:
-    """The engine's LLaDA2.1 editing default: the flags, else the checkpoint's
-    generation_config.json (`editing_threshold`, `max_post_steps`), else off. LLaDA2.0 and 2.1
-    share one architecture, so only the configuration can tell a 2.1 checkpoint."""
+def fit_context(max_model_len: int, explicit: bool, num_pages: int, page_size: int) -> int:
+    """One request of the context length must fit the KV pool: an explicit --max-model-len
+    that does not is refused; the default is lowered to what fits, with a warning."""
+    fits = num_pages * page_size
+    if fits >= max_model_len:
+        return max_model_len
+    msg = (f"the KV pool holds {num_pages} pages ({fits} tokens), less than one request of "
+           f"the context length {max_model_len}")
+    if explicit:
+        raise ValueError(f"{msg}: raise --kv-cache-memory/--num-pages or lower "
+                         "--max-model-len")
+    log.warning("%s: max_model_len lowered to %d", msg, fits)
+    return fits
+
+
+def default_editing(cfg: EngineConfig, model_dir: Path) -> tuple[Editing | None, int]:
+    """The engine's LLaDA2.1 editing default and its post-step budget (kept apart: a request
+    that turns editing on uses it even when the default is off): the flags, else the
+    checkpoint's generation_config.json (`editing_threshold`, `max_post_steps`), else off and
+    16. LLaDA2.0 and 2.1 share one architecture, so only the configuration tells a 2.1 one."""
     gen_file = model_dir / "generation_config.json"
     gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
     t = cfg.diffusion.editing_threshold
@@ -117,7 +138,7 @@ def default_editing(cfg: EngineConfig, model_dir: Path) -> Editing | None:
         SamplingParams(editing_threshold=t, max_post_steps=posts)
     except ValueError as e:
         raise ValueError(f"--{str(e).replace('_', '-')}") from None
-    return None if t == EDITING_OFF else Editing(float(t), posts)
+    return (None if t == EDITING_OFF else Editing(float(t), posts)), posts
 
 
 def kv_pages(cfg: EngineConfig, m: ModelConfig, page_size: int, dtype: torch.dtype,

@@ -218,3 +218,12 @@ def test_a_21_checkpoint_turns_editing_on_by_its_generation_config(tiny_llada2_p
                                                      editing_threshold="off"))]).tokens["o"]
     assert off == reference_traced(model_dir, prompt, 40, eos, threshold=0.7).tokens
     assert make_engine(model_dir, editing_threshold="off").mode.editing is None
+
+
+def test_the_post_step_default_holds_with_editing_off(tiny_llada2: Path) -> None:
+    """--max-post-steps is the budget of requests that turn editing on themselves."""
+    engine = make_engine(tiny_llada2, max_post_steps=3)
+    assert engine.mode.editing is None
+    engine.add_request(GenerateRequest("p", (5, 6, 7), SamplingParams(
+        max_tokens=4, editing_threshold=0.5)))
+    assert engine.scheduler.live["p"].editing == Editing(0.5, 3)

@@ -70,6 +70,9 @@ def test_the_pool_must_hold_one_context(tiny_llada2: Path) -> None:
     over HTTP), never an engine failure."""
     with pytest.raises(ValueError, match="KV pool holds 4 pages"):
         make_engine(tiny_llada2, num_pages=4, max_model_len=512)
+    with pytest.raises(ValueError, match="KV pool holds 4 pages"):  # --check-config sees it
+        plan_startup(engine_config(str(tiny_llada2), num_pages=4, max_model_len=512))
+    assert plan_startup(engine_config(str(tiny_llada2), num_pages=4)).max_model_len == 128
     engine = make_engine(tiny_llada2, num_pages=4)
     assert engine.max_model_len == engine.info.max_model_len == 4 * 32
     from server.core import GenerateRequest
