@@ -18,13 +18,13 @@ import torch
 from server.config import EngineConfig
 from server.core import Batch
 from server.distributed.channel import WorkerPool, parse_addr
-from server.distributed.group import TPGroup, check_tp_size
 from server.distributed.node import check_topology, control_listener
 from server.distributed.worker import RankSpec, fb_to, init_group
 from server.model.config import ModelConfig
 from server.model.llada2_moe import Ling2MoeForward
 from server.model.loader import load_model
 from server.model.moe import set_moe_backend
+from server.model.parallel import TPGroup, check_tp_size
 from server.runner.attention import AttentionBackend, KVCache, create_backend
 from server.runner.forward_batch import build_forward_batch
 from server.runner.model_runner import ModelRunner

@@ -86,10 +86,10 @@ def _send(outbox: BinaryIO, msg: Any) -> None:
 def _serve(spec: RankSpec, inbox: BinaryIO, outbox: BinaryIO) -> None:
     import torch.distributed as dist
 
-    from server.distributed.group import TPGroup
     from server.model.config import ModelConfig
     from server.model.loader import load_model
     from server.model.moe import set_moe_backend
+    from server.model.parallel import TPGroup
     from server.runner.attention import KVCache, create_backend
     from server.runner.model_runner import ModelRunner
 

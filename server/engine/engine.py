@@ -21,7 +21,7 @@ from server.core import (
     StepResult,
     StepStats,
 )
-from server.engine.modes import BlockDiffusion, DecodeMode
+from server.decoding.modes import BlockDiffusion, DecodeMode
 from server.engine.startup import fit_context, kv_pages, plan_startup
 from server.grammar.waiting import GrammarWaitingRoom
 from server.kv_cache.manager import KVManager

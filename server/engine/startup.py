@@ -15,13 +15,13 @@ import torch
 
 from server.config import AR_PAGE_SIZE, DIFFUSION_DEFAULTS, EngineConfig, parse_bytes
 from server.core import DEFAULT_MAX_POST_STEPS, EDITING_OFF, Editing, SamplingParams
-from server.distributed.group import check_tp_size
+from server.decoding.modes import Autoregressive, BlockDiffusion, DecodeMode
 from server.distributed.node import check_topology
-from server.engine.modes import Autoregressive, BlockDiffusion, DecodeMode
+from server.kv_cache.tensors import KVCache
 from server.model.config import ModelConfig
 from server.model.loader import resolve_model_path
+from server.model.parallel import check_tp_size
 from server.model.specials import SpecialIds, read_special_ids
-from server.runner.attention import KVCache
 
 log = logging.getLogger(__name__)
 CPU_KV_DEFAULT = 512 << 20

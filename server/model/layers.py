@@ -1,6 +1,9 @@
-"""Small building blocks of the Ling-2.0 / LLaDA2 decoder: RMSNorm and the SwiGLU MLP."""
+"""Small building blocks of the Ling-2.0 / LLaDA2 decoder: RMSNorm, the SwiGLU MLP, and `Attend`,
+the one thing the model needs from whoever runs it."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -33,3 +36,11 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
         return self.down_proj(F.silu(gate) * up)
+
+
+class Attend(Protocol):
+    """Per-forward attention over the paged KV (the runner's `AttentionContext`): writes this
+    forward's K/V of `layer` to their slots, then attends. q [T, nh, hd]; k, v [T, nkv, hd]."""
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+               ) -> torch.Tensor: ...  # [T, nh, hd]

@@ -9,12 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from server.distributed.group import SINGLE, TPGroup
 from server.model.config import ModelConfig
-from server.model.layers import RMSNorm, SwiGLU
-from server.model.moe import SparseMoE
+from server.model.expert_parallel import ExpertParallelMoE
+from server.model.layers import Attend, RMSNorm, SwiGLU
+from server.model.moe import ExpertsFn, SparseMoE
+from server.model.parallel import SINGLE, TPGroup
 from server.model.rope import RotaryEmbedding
-from server.runner.attention import AttentionContext
+from unmask_kernels.moe.ref import experts_loop
 
 
 class Attention(nn.Module):
@@ -37,7 +38,7 @@ class Attention(nn.Module):
                                bias=cfg.use_bias and tp.rank == 0)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
-                ctx: AttentionContext) -> torch.Tensor:
+                ctx: Attend) -> torch.Tensor:
         T = x.shape[0]
         qkv = self.query_key_value(x).view(T, self.nh + 2 * self.nkv, self.hd)
         q, k, v = qkv.split([self.nh, self.nkv, self.nkv], dim=1)  # [T, n*, hd]
@@ -49,7 +50,7 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, tp: TPGroup = SINGLE) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, tp: TPGroup, experts: ExpertsFn) -> None:
         super().__init__()
         self.tp = tp
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -59,23 +60,22 @@ class DecoderLayer(nn.Module):
         if not cfg.is_moe_layer(layer):
             self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size // tp.size)
         elif tp.size == 1:
-            self.mlp = SparseMoE(cfg)
+            self.mlp = SparseMoE(cfg, experts)
         else:
-            from server.distributed.expert_parallel import ExpertParallelMoE
-
-            self.mlp = ExpertParallelMoE(cfg, tp)
+            self.mlp = ExpertParallelMoE(cfg, tp, experts)
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
-                ctx: AttentionContext) -> torch.Tensor:
+                ctx: Attend) -> torch.Tensor:
         h = h + self.tp.all_reduce(self.attention(self.input_layernorm(h), positions, rope, ctx))
         return h + self.tp.all_reduce(self.mlp(self.post_attention_layernorm(h)))
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: TPGroup = SINGLE) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TPGroup, experts: ExpertsFn) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, tp) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, tp, experts)
+                                    for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
@@ -83,10 +83,10 @@ class Ling2MoeForward(nn.Module):
     """forward(ids, positions, ctx) → hidden [T, H]; compute_logits(hidden rows) → fp32 logits."""
 
     def __init__(self, cfg: ModelConfig, max_positions: int | None = None,
-                 tp: TPGroup = SINGLE) -> None:
+                 tp: TPGroup = SINGLE, experts: ExpertsFn = experts_loop) -> None:
         super().__init__()
         self.cfg, self.tp = cfg, tp
-        self.model = Backbone(cfg, tp)  # lm_head stays replicated: rank 0 computes the logits
+        self.model = Backbone(cfg, tp, experts)  # lm_head replicated: rank 0 computes logits
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.max_positions = max_positions or cfg.max_position_embeddings
         self.rope = RotaryEmbedding(cfg, self.max_positions)
@@ -96,7 +96,7 @@ class Ling2MoeForward(nn.Module):
         self.rope = RotaryEmbedding(self.cfg, self.max_positions).to(device)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                ctx: AttentionContext) -> torch.Tensor:
+                ctx: Attend) -> torch.Tensor:
         h = self.model.word_embeddings(input_ids)  # [T, H]
         for layer in self.model.layers:
             h = layer(h, positions, self.rope, ctx)

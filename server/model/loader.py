@@ -14,10 +14,12 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from server.distributed.group import SINGLE, TPGroup
-from server.distributed.sharding import Shard
 from server.model.config import ModelConfig
 from server.model.llada2_moe import Ling2MoeForward
+from server.model.moe import ExpertsFn
+from server.model.parallel import SINGLE, TPGroup
+from server.model.sharding import Shard
+from unmask_kernels.moe.ref import experts_loop
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +87,12 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def load_model(model_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: torch.device,
-               max_positions: int | None = None, tp: TPGroup = SINGLE) -> Ling2MoeForward:
-    """Under tensor parallelism only this rank's shard of each tensor is read."""
+               max_positions: int | None = None, tp: TPGroup = SINGLE,
+               experts: ExpertsFn = experts_loop) -> Ling2MoeForward:
+    """Under tensor parallelism only this rank's shard of each tensor is read. `experts` runs
+    the routed experts (the "moe" kernel registry's choice)."""
     with torch.device("meta"), _default_dtype(dtype):
-        model = Ling2MoeForward(cfg, max_positions, tp)  # router weights/bias stay fp32
+        model = Ling2MoeForward(cfg, max_positions, tp, experts)  # router weights/bias stay fp32
     model.to_empty(device=device)
     model.reset_rope(device)
     shard = Shard(cfg, tp.rank, tp.size)

@@ -49,23 +49,23 @@ class Router(nn.Module):
 class Experts(nn.Module):
     """E SwiGLU experts stacked: w13 [E, 2I, H] (gate rows then up rows), w2 [E, H, I]."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, impl: ExpertsFn = experts_loop) -> None:
         super().__init__()
         E, H, inter = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
         self.inter = inter
         self.w13 = nn.Parameter(torch.empty(E, 2 * inter, H))
         self.w2 = nn.Parameter(torch.empty(E, H, inter))
-        self.impl: ExpertsFn = experts_loop  # swapped by `set_moe_backend`
+        self.impl = impl  # the "moe" registry's choice, fixed at construction
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return self.impl(x, ids, weights, self.w13, self.w2)  # [T, H]
 
 
 class SparseMoE(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, impl: ExpertsFn = experts_loop) -> None:
         super().__init__()
         self.gate = Router(cfg)
-        self.experts = Experts(cfg)
+        self.experts = Experts(cfg, impl)
         shared = cfg.moe_intermediate_size * cfg.num_shared_experts
         self.shared_experts = SwiGLU(cfg.hidden_size, shared) if shared > 0 else None
 
@@ -76,13 +76,3 @@ class SparseMoE(nn.Module):
             y = y + self.shared_experts(x)
         return y
 
-
-def set_moe_backend(model: nn.Module, name: str, device_type: str) -> str:
-    """Route every `Experts` of `model` through the "moe" kernel registry; returns the name."""
-    from unmask_kernels.registry import resolve
-
-    chosen, impl = resolve("moe", name, device_type)
-    for m in model.modules():
-        if isinstance(m, Experts):
-            m.impl = impl
-    return chosen

@@ -1,4 +1,4 @@
-"""Paged KV storage and attention backends, chosen once by name through a small lazy registry."""
+"""Attention backends over the paged KV tensors, chosen once by name (small lazy registry)."""
 
 from __future__ import annotations
 
@@ -10,26 +10,10 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from server.kv_cache.tensors import KVCache
 from server.runner.forward_batch import ForwardBatch
 
 log = logging.getLogger(__name__)
-
-
-class KVCache:
-    """Per-layer K and V as flat slot arrays: slot = page * page_size + offset."""
-
-    def __init__(self, num_layers: int, num_pages: int, page_size: int, num_kv_heads: int,
-                 head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
-        shape = (num_layers, num_pages * page_size, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, slots, nkv, hd]
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.num_pages, self.page_size = num_pages, page_size
-
-    @staticmethod
-    def bytes_per_page(num_layers: int, page_size: int, num_kv_heads: int, head_dim: int,
-                       dtype: torch.dtype) -> int:
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        return 2 * num_layers * page_size * num_kv_heads * head_dim * itemsize
 
 
 class AttentionBackend(Protocol):

@@ -16,7 +16,7 @@ from typing import Any
 import flashinfer
 import torch
 
-from server.runner.attention import KVCache
+from server.kv_cache.tensors import KVCache
 from server.runner.forward_batch import ForwardBatch
 
 WORKSPACE_BYTES = 128 << 20

@@ -17,7 +17,7 @@ from server.core import (
     Sequence,
     StepStats,
 )
-from server.engine.modes import DecodeMode
+from server.decoding.modes import DecodeMode
 from server.kv_cache.manager import KVManager
 
 

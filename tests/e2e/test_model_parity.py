@@ -11,7 +11,8 @@ import torch
 from server.core import Batch, GenerateRequest, SamplingParams, Segment, Sequence
 from server.model.config import ModelConfig
 from server.model.loader import load_model
-from server.runner.attention import KVCache, TorchAttention
+from server.kv_cache.tensors import KVCache
+from server.runner.attention import TorchAttention
 from server.runner.model_runner import ModelRunner
 from tests.reference.decode import block_causal_visible
 from tests.reference.model import load_reference

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.runner.attention import KVCache, TorchAttention, create_backend
+from server.kv_cache.tensors import KVCache
+from server.runner.attention import TorchAttention, create_backend
 from server.runner.forward_batch import ForwardBatch
 
 pytestmark = pytest.mark.gpu

@@ -9,21 +9,21 @@ import dataclasses
 import torch
 from torch import nn
 
-from server.distributed.group import TPGroup
 from server.model.config import ModelConfig
 from server.model.layers import SwiGLU
-from server.model.moe import Experts, Router
+from server.model.moe import Experts, ExpertsFn, Router
+from server.model.parallel import TPGroup
 
 
 class ExpertParallelMoE(nn.Module):
     """Same parameter names as `SparseMoE` (gate, experts, shared_experts), local shapes."""
 
-    def __init__(self, cfg: ModelConfig, tp: TPGroup) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TPGroup, impl: ExpertsFn) -> None:
         super().__init__()
         self.num_local = cfg.num_experts // tp.size
         self.first = tp.rank * self.num_local
         self.gate = Router(cfg)
-        self.experts = Experts(dataclasses.replace(cfg, num_experts=self.num_local))
+        self.experts = Experts(dataclasses.replace(cfg, num_experts=self.num_local), impl)
         shared = cfg.moe_intermediate_size * cfg.num_shared_experts
         self.shared_experts = SwiGLU(cfg.hidden_size, shared // tp.size) if shared > 0 else None
 

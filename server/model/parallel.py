@@ -15,7 +15,8 @@ from server.model.config import ModelConfig
 class TPGroup:
     rank: int = 0
     size: int = 1
-    group: Any = None  # torch.distributed ProcessGroup; None = the default group
+    group: Any = None  # torch.distributed ProcessGroup of the forward; None = the default group
+    cpu_group: Any = None  # a gloo group over the same ranks, for host-side agreements
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum `x` over the ranks (in place); a no-op on a single rank."""
@@ -27,8 +28,23 @@ class TPGroup:
         dist.all_reduce(x, group=self.group)
         return x
 
+    def agree_min(self, n: int) -> int:
+        """The smallest `n` over the ranks (e.g. KV pages every rank can hold)."""
+        if self.size == 1:
+            return n
+        import torch.distributed as dist
+
+        t = torch.tensor([n], dtype=torch.long)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.cpu_group)
+        return int(t.item())
+
 
 SINGLE = TPGroup()
+
+
+def local_kv_heads(cfg: ModelConfig, size: int) -> int:
+    """KV heads one rank holds: its share, or one (replicated) when size > the KV-head count."""
+    return max(1, cfg.num_key_value_heads // size)
 
 
 def check_tp_size(cfg: ModelConfig, size: int) -> None:

@@ -1,0 +1,1 @@
+"""Decoding modes: how a step's logits become committed tokens (block diffusion, AR)."""
