@@ -86,8 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
     engine = engine_config(model, **options)
     if args.check_config:
         return _check_config(engine)
-    from server.engine.startup import plan_startup
     from server.model.loader import CheckpointError
+    from server.startup import plan_startup
 
     try:
         plan_startup(engine)  # every check the config files allow, before anything starts
@@ -114,8 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_requests=args.log_requests,
         cors_origins=tuple(args.cors_origins or ()),
     )
-    serve(settings, args.host, args.port, args.shutdown_timeout, args.log_level)
-    return 0
+    return serve(settings, args.host, args.port, args.shutdown_timeout, args.log_level)
 
 
 # LLaDA2.1 decoding presets (llada2x-decoding.md §1.9); explicit flags override their values
@@ -147,9 +146,9 @@ def _json_object(text: str) -> dict:
 def _check_config(engine: EngineConfig) -> int:
     """Every start-up check the engine makes from the configuration files, without weights;
     what needs the device itself (free memory, GPUs visible) is listed as not checked."""
-    from server.engine.startup import plan_startup
     from server.model.config import ModelConfigError
     from server.model.loader import CheckpointError
+    from server.startup import plan_startup
 
     try:
         plan = plan_startup(engine)
@@ -162,8 +161,7 @@ def _check_config(engine: EngineConfig) -> int:
         "dtype": str(plan.dtype).removeprefix("torch."), "max_model_len": plan.max_model_len,
         "tensor_parallel_size": engine.tensor_parallel_size, "nnodes": engine.nnodes,
         "ranks_per_node": plan.ranks_per_node,
-        "editing": dataclasses.asdict(editing) if (editing := getattr(plan.mode, "editing",
-                                                                      None)) else None,
+        "editing": dataclasses.asdict(plan.editing) if plan.editing else None,
         "not_checked": ["GPUs visible per node", "free device memory for the KV pool"],
     }))
     return 0

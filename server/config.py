@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Per-architecture diffusion defaults (block size = page size), overridable by flags.
@@ -57,10 +58,21 @@ class EngineConfig:
     tensor_parallel_size: int = 1  # engine ranks (server/distributed); 1 = this process only
     nnodes: int = 1  # nodes the tensor_parallel_size ranks are spread over (equal shares)
     node_rank: int = 0  # this node; 0 runs the API and rank 0, k > 0 only its ranks
-    dist_init_addr: str | None = None  # HOST:PORT of node 0 (store; control on PORT + 1)
+    dist_init_addr: str | None = None  # HOST:PORT of node 0: the process group's TCPStore
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    def to_json(self) -> str:
+        """JSON (the configuration a local rank is started with: plain data, no pickle)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> EngineConfig:
+        d = json.loads(text)
+        return cls(**d | {"cache": CacheConfig(**d["cache"]),
+                          "scheduler": SchedulerConfig(**d["scheduler"]),
+                          "diffusion": DiffusionConfig(**d["diffusion"])})
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -21,14 +21,26 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
 
-    from server.grammar.matcher import GrammarState
-
 DEFAULT_THRESHOLD = 0.95
+
+
+class GrammarCursor(Protocol):
+    """One sequence's position in its grammar (`server.grammar.matcher.GrammarState`): it has
+    accepted exactly the sequence's committed output, in order."""
+
+    def accept(self, token: int) -> bool: ...  # False (unchanged) if the grammar forbids it
+
+    def rollback(self, n: int = 1) -> None: ...
+
+    def masked(self, row: torch.Tensor) -> torch.Tensor: ...  # [V] → copy, forbidden = -inf
+
+    @property
+    def terminated(self) -> bool: ...
 
 
 class FinishReason(enum.StrEnum):
@@ -223,7 +235,7 @@ class Sequence:
     prompt_logprobs: list[TokenLogprob | None] | None = None
     prompt_logprobs_sent: bool = False
     generator: torch.Generator | None = None  # per-request sampler state (seeded requests)
-    grammar: GrammarState | None = None  # set when the compiled grammar is ready
+    grammar: GrammarCursor | None = None  # set when the compiled grammar is ready
     finish_reason: FinishReason | None = None
     error: str | None = None
     stats: RequestStats = field(default_factory=RequestStats)

@@ -1,5 +1,6 @@
 """`AsyncEngine`: the asyncio face of the engine for the API process. Requests go to the engine
-(its own process by default, a thread in-process for tests); each request's `EngineOutput`s come
+(its own process by default, a thread in-process for tests; one host loop,
+`server.engine.host`, in either); each request's `EngineOutput`s come
 back on its own queue. A consumer that stops listening (client gone) aborts its request."""
 
 from __future__ import annotations
@@ -8,12 +9,12 @@ import asyncio
 import dataclasses
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from server.config import EngineConfig
 from server.core import EngineOutput, FinishReason, GenerateRequest, StepStats
+from server.engine.host import EngineStartError
 
 log = logging.getLogger(__name__)
 
@@ -22,65 +23,6 @@ OnStats = Callable[[StepStats], None]
 
 class EngineDeadError(RuntimeError):
     pass
-
-
-class _ThreadEngine:
-    """The engine stepping on a thread of this process (tests, offline use)."""
-
-    def __init__(self, cfg: EngineConfig, on_step: Callable[[list[EngineOutput],
-                                                             StepStats | None], None]) -> None:
-        from server.engine.engine import Engine
-
-        self.engine = Engine(cfg)
-        self.info = self.engine.info
-        self._on_step = on_step
-        self._inbox: list[tuple[str, Any]] = []
-        self._cv = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        from server.engine.process import _handle
-
-        while True:
-            with self._cv:
-                while not self._inbox and not self.engine.has_work() and not self._stop:
-                    self._cv.wait()
-                if self._stop:
-                    return
-                msgs, self._inbox = self._inbox, []
-            outs = [o for kind, p in msgs if (o := _handle(self.engine, kind, p)) is not None]
-            if outs:
-                self._on_step(outs, self.engine.snapshot())
-            if self.engine.has_work():
-                try:
-                    result = self.engine.step()
-                except Exception:  # noqa: BLE001 - outside forward/accept (isolated in step): fail all
-                    log.exception("engine step failed")
-                    self._on_step(self.engine.fail_all("internal engine error"), None)
-                    continue
-                self._on_step(result.outputs, result.stats)
-
-    def _post(self, kind: str, payload: Any) -> None:
-        with self._cv:
-            self._inbox.append((kind, payload))
-            self._cv.notify()
-
-    def add_request(self, req: GenerateRequest) -> None:
-        self._post("add", req)
-
-    def abort(self, rid: str) -> None:
-        self._post("abort", rid)
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def shutdown(self, timeout: float = 10) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        self._thread.join(timeout)
 
 
 class AsyncEngine:
@@ -100,7 +42,11 @@ class AsyncEngine:
         self.loop = loop
         try:
             if self.in_process:
-                self.backend = _ThreadEngine(self.cfg, self._on_step)
+                from server.engine.engine import Engine
+                from server.engine.host import EngineThread
+
+                cfg = self.cfg
+                self.backend = EngineThread(lambda: Engine(cfg), self._on_step)
             else:
                 from server.engine.process import EngineProcess
 
@@ -109,6 +55,9 @@ class AsyncEngine:
                     cfg = dataclasses.replace(cfg, cpu_threads=max(1, (os.cpu_count() or 1) - 1))
                 self.backend = EngineProcess(cfg, self._on_step)
             self.info = self.backend.info
+        except EngineStartError as e:
+            self.start_error = str(e)
+            raise
         except Exception as e:
             self.start_error = f"{type(e).__name__}: {e}"
             raise

@@ -3,6 +3,7 @@ turn into committed tokens. `BlockDiffusion` for LLaDA2, `Autoregressive` for Li
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -18,6 +19,8 @@ from server.core import (
 )
 from server.grammar.accept import RowSampling, accept_in_order
 from unmask_kernels import EditBatch, SamplingBatch, accept_blocks
+
+AcceptFn = Callable[..., torch.Tensor]  # `accept_blocks`' signature: committed [S, B] bool
 
 
 class DecodeMode(Protocol):
@@ -133,15 +136,16 @@ class BlockDiffusion:
 
     def __init__(self, block_size: int, mask_id: int, threshold: float,
                  editing: Editing | None = None, eos_ids: frozenset[int] = frozenset(),
-                 max_post_steps: int = DEFAULT_MAX_POST_STEPS) -> None:
+                 max_post_steps: int = DEFAULT_MAX_POST_STEPS,
+                 accept_fn: AcceptFn = accept_blocks, simulate_tpf: float | None = None) -> None:
         self.eos_ids = eos_ids
         self.max_post_steps = max_post_steps  # the default budget, also when editing is off
         self.attn_block = self.page_size = self.block_size = block_size
         self.mask_id = mask_id
         self.threshold = threshold
         self.editing = editing  # the default of requests that do not choose
-        self.accept_fn = accept_blocks  # the "acceptance" registry's choice (engine sets it)
-        self.simulate_tpf: float | None = None  # benchmarking oracle, see DiffusionConfig
+        self.accept_fn = accept_fn  # the "acceptance" registry's choice
+        self.simulate_tpf = simulate_tpf  # benchmarking oracle, see DiffusionConfig
 
     def new_sequence(self, req: GenerateRequest) -> Sequence:
         B, P = self.block_size, len(req.prompt_ids)

@@ -21,22 +21,18 @@ from server.core import (
     StepResult,
     StepStats,
 )
-from server.decoding.modes import BlockDiffusion, DecodeMode
-from server.engine.startup import fit_context, kv_pages, plan_startup
+from server.decoding.build import build_mode
+from server.decoding.modes import BlockDiffusion
+from server.distributed.launch import start_group
 from server.grammar.waiting import GrammarWaitingRoom
 from server.kv_cache.manager import KVManager
 from server.kv_cache.page_pool import PagePool
-from server.model.config import ModelConfig
-from server.model.loader import load_model
-from server.model.moe import set_moe_backend
-from server.runner.attention import KVCache, create_backend
-from server.runner.model_runner import ModelRunner
+from server.runner.builder import build_runner
 from server.scheduler.scheduler import Scheduler
-from unmask_kernels.registry import resolve
+from server.startup import StartupPlan, fit_context, plan_startup
 
 log = logging.getLogger(__name__)
 
-CPU_KV_DEFAULT = 512 << 20
 # Test-only fault hook: a step whose batch holds a request with this prompt token id raises.
 # Unset (the default) it costs nothing; see docs/reliability.md.
 FAULT_TOKEN_ENV = "UNMASK_TEST_FAULT_TOKEN"
@@ -66,67 +62,60 @@ class EngineInfo:
     acceptance_backend: str
 
 
+def engine_info(plan: StartupPlan, max_model_len: int, num_pages: int, attention: str,
+                acceptance: str) -> EngineInfo:
+    m, sp = plan.mcfg, plan.specials
+    return EngineInfo(
+        model_dir=str(plan.model_dir), architecture=m.architecture, mode=m.mode,
+        device=str(plan.device), dtype=str(plan.dtype).removeprefix("torch."),
+        block_size=plan.block_size or 1, page_size=plan.page_size, num_pages=num_pages,
+        max_model_len=max_model_len, vocab_size=m.vocab_size, mask_id=sp.mask_id,
+        eos_ids=sp.eos_ids, attention_backend=attention, acceptance_backend=acceptance)
+
+
 class Engine:
     def __init__(self, cfg: EngineConfig) -> None:
+        t0 = time.perf_counter()
         self.cfg = cfg
         plan = plan_startup(cfg)
-        model_dir, mcfg, specials = plan.model_dir, plan.mcfg, plan.specials
-        device, dtype = plan.device, plan.dtype
-        if device.type == "cpu" and cfg.cpu_threads:
+        if plan.device.type == "cpu" and cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
-        self.max_model_len = plan.max_model_len
-        self.mode: DecodeMode = plan.mode
-        t0 = time.perf_counter()
-        if cfg.tensor_parallel_size > 1:  # this process is rank 0; it starts the others
-            from server.distributed.launch import start_tensor_parallel
-
-            self.runner, num_pages = start_tensor_parallel(
-                cfg, model_dir, mcfg, dtype, device, self.max_model_len, self.mode.page_size,
-                self.mode.attn_block, self._num_pages)
-            backend, device = self.runner.backend, self.runner.device
-        else:
-            model = load_model(model_dir, mcfg, dtype, device, self.max_model_len)
-            num_pages = kv_pages(cfg, mcfg, self.mode.page_size, dtype, device)
-            kv = KVCache(mcfg.num_hidden_layers, num_pages, self.mode.page_size,
-                         mcfg.num_key_value_heads, mcfg.head_dim, dtype, device)
-            backend = create_backend(cfg.attention_backend, device)
-            moe_backend = set_moe_backend(model, cfg.moe_backend, device.type)
-            self.runner = ModelRunner(model, kv, backend, self.mode.attn_block, device)
-            if isinstance(self.mode, BlockDiffusion) and device.type == "cuda" and \
-                    not cfg.enforce_eager:
-                from server.runner.cuda_graphs import GraphedDenoiseRunner
-
-                self.runner = GraphedDenoiseRunner(self.runner, self.mode.block_size,
-                                                   self.max_model_len)
-        self.max_model_len = fit_context(self.max_model_len, cfg.max_model_len is not None,
-                                         num_pages, self.mode.page_size)
-        acceptance = "torch"
-        if isinstance(self.mode, BlockDiffusion):
-            acceptance, self.mode.accept_fn = resolve("acceptance", cfg.acceptance_backend,
-                                                      device.type)
-            self.mode.simulate_tpf = cfg.diffusion.simulate_tpf
-        self.kv = KVManager(PagePool(num_pages), self.mode.page_size, cfg.cache.prefix_caching)
-        self.scheduler = Scheduler(cfg.scheduler, self.kv, self.mode, specials.eos_ids)
-        self.grammars = GrammarWaitingRoom(model_dir, mcfg.vocab_size, specials.eos_ids)
-        self.vocab_size = mcfg.vocab_size
-        self.device = device
+        self.group = start_group(cfg, plan) if cfg.tensor_parallel_size > 1 else None
+        self.runner = build_runner(cfg, plan, *(
+            (self.group.tp, self.group.device, self.group.channel.send_step)
+            if self.group else ()))
+        self.mode, acceptance = build_mode(cfg, plan)
+        pages = self.runner.kv.num_pages
+        self.max_model_len = fit_context(plan.max_model_len, cfg.max_model_len is not None,
+                                         pages, plan.page_size)
+        self.kv = KVManager(PagePool(pages), plan.page_size, cfg.cache.prefix_caching)
+        self.scheduler = Scheduler(cfg.scheduler, self.kv, self.mode, plan.specials.eos_ids)
+        self.grammars = GrammarWaitingRoom(plan.model_dir, plan.mcfg.vocab_size,
+                                           plan.specials.eos_ids)
+        self.vocab_size, self.device = plan.mcfg.vocab_size, self.runner.kv.k.device
         self._rng = random.Random(cfg.seed)
-        self.info = EngineInfo(
-            model_dir=str(model_dir), architecture=mcfg.architecture, mode=mcfg.mode,
-            device=str(device), dtype=str(dtype).removeprefix("torch."),
-            block_size=getattr(self.mode, "block_size", 1), page_size=self.mode.page_size,
-            num_pages=num_pages, max_model_len=self.max_model_len, vocab_size=mcfg.vocab_size,
-            mask_id=specials.mask_id, eos_ids=specials.eos_ids,
-            attention_backend=backend.name, acceptance_backend=acceptance,
-        )
-        if cfg.tensor_parallel_size == 1:
-            log.info("moe backend %s; denoise CUDA graphs %s", moe_backend,
-                     "on" if type(self.runner).__name__ == "GraphedDenoiseRunner" else "off")
+        self.info = engine_info(plan, self.max_model_len, pages, self.runner.backend.name,
+                                acceptance)
         log.info("engine ready in %.1fs: %s", time.perf_counter() - t0, self.info)
 
-    def _num_pages(self, mcfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> int:
-        """`start_tensor_parallel`'s callback: rank 0 sizes the pool for every rank."""
-        return kv_pages(self.cfg, mcfg, self.mode.page_size, dtype, device)
+    # -- the rank group -------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.group.tp.size if self.group else 1
+
+    def tick(self) -> None:
+        """Called while idle (every `TICK_S`): keeps the other ranks' wait alive; raises once
+        the group is broken."""
+        if self.group is not None:
+            self.group.keepalive()
+
+    def close(self, failed: bool = False) -> None:
+        """Stop the other ranks (killed when `failed`); single process: nothing to do."""
+        if self.group is not None:
+            if failed:
+                self.group.abandon()
+            else:
+                self.group.close()
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, req: GenerateRequest) -> None:
@@ -210,6 +199,8 @@ class Engine:
         try:
             committed = self._run(batch)
         except Exception:  # noqa: BLE001 - find the culprit, fail it alone, go on
+            if self.group is not None:  # the ranks are mid-step: nothing can be retried
+                raise
             log.exception("engine step failed; retrying its %d requests one by one",
                           len(batch.segments))
             batch, committed, culprits = self._isolate(batch)

@@ -1,8 +1,10 @@
 """The Ling-2.0 / LLaDA2 MoE decoder. One implementation serves `LLaDA2MoeModelLM` (block
 diffusion) and `BailingMoeV2ForCausalLM` (AR): they differ only in the attention mask, which the
 runner's `ForwardBatch` carries. Module names mirror the checkpoint's tensor names.
-Under tensor parallelism (`tp.size > 1`) each rank holds its share of the heads, MLP width and
-experts; attention and MLP outputs are partial sums, all-reduced in `DecoderLayer`."""
+Under tensor parallelism (`tp.size > 1`) each rank holds its share of the heads (KV heads
+replicated when tp > their count), MLP width, experts and vocabulary rows; attention and MLP
+outputs are partial sums, all-reduced in `DecoderLayer`; the embedding is all-reduced and the
+logits gathered to rank 0 (`compute_logits`)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,13 @@ from server.model.config import ModelConfig
 from server.model.expert_parallel import ExpertParallelMoE
 from server.model.layers import Attend, RMSNorm, SwiGLU
 from server.model.moe import ExpertsFn, SparseMoE
-from server.model.parallel import SINGLE, TPGroup
+from server.model.parallel import (
+    SINGLE,
+    TPGroup,
+    VocabParallelEmbedding,
+    local_kv_heads,
+    vocab_rows,
+)
 from server.model.rope import RotaryEmbedding
 from unmask_kernels.moe.ref import experts_loop
 
@@ -22,8 +30,9 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, tp: TPGroup = SINGLE) -> None:
         super().__init__()
         self.layer = layer
-        # this rank's heads: whole Q heads and their KV heads (check_tp_size: tp | nkv)
-        self.nh, self.nkv = cfg.num_attention_heads // tp.size, cfg.num_key_value_heads // tp.size
+        # this rank's heads: whole Q heads and the KV heads they use: nkv / tp of them, or the
+        # one (replicated) KV head when tp > nkv (check_tp_size, kv_head_range)
+        self.nh, self.nkv = cfg.num_attention_heads // tp.size, local_kv_heads(cfg, tp.size)
         self.hd = cfg.head_dim
         # rows: [Q heads | K heads | V heads], each head hd contiguous rows (no interleaving)
         self.query_key_value = nn.Linear(
@@ -73,7 +82,10 @@ class DecoderLayer(nn.Module):
 class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig, tp: TPGroup, experts: ExpertsFn) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # tp > 1: rows [rank·Vp, (rank+1)·Vp) only; the same parameter name `weight` either way
+        self.word_embeddings: nn.Module = (
+            nn.Embedding(cfg.vocab_size, cfg.hidden_size) if tp.size == 1
+            else VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp))
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, tp, experts)
                                     for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -86,8 +98,9 @@ class Ling2MoeForward(nn.Module):
                  tp: TPGroup = SINGLE, experts: ExpertsFn = experts_loop) -> None:
         super().__init__()
         self.cfg, self.tp = cfg, tp
-        self.model = Backbone(cfg, tp, experts)  # lm_head replicated: rank 0 computes logits
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.model = Backbone(cfg, tp, experts)
+        # vocabulary-parallel: rows [rank·Vp, (rank+1)·Vp) of the [V, H] head (Vp = V on one rank)
+        self.lm_head = nn.Linear(cfg.hidden_size, vocab_rows(cfg.vocab_size, tp.size), bias=False)
         self.max_positions = max_positions or cfg.max_position_embeddings
         self.rope = RotaryEmbedding(cfg, self.max_positions)
 
@@ -103,5 +116,19 @@ class Ling2MoeForward(nn.Module):
         return h
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        # hidden [R, H] (pre-norm rows); the final norm is per token, so it commutes with gather
-        return self.lm_head(self.model.norm(hidden)).float()  # [R, V]
+        """hidden [R, H] pre-norm rows → fp32 logits [R, V] (final norm, then lm_head).
+
+        Under tensor parallelism this is a collective (a gather to rank 0 over `tp.group`):
+        every rank of the group must call it, with the same rows, as they all run the same
+        forward. Rank 0 returns the full logits [R, V]; the other ranks return an empty
+        [0, V] placeholder, which callers discard."""
+        V = self.cfg.vocab_size
+        local = self.lm_head(self.model.norm(hidden))  # [R, Vp]: vocab [rank·Vp, (rank+1)·Vp)
+        if self.tp.size == 1:
+            return local.float()  # [R, V]
+        if hidden.shape[0] == 0:  # the same R on every rank: all skip the gather together
+            return local.new_empty((0, V), dtype=torch.float32)
+        parts = self.tp.gather_to_first(local)  # rank 0: tp.size × [R, Vp]; others: None
+        if parts is None:
+            return local.new_empty((0, V), dtype=torch.float32)
+        return torch.cat(parts, dim=1)[:, :V].float()  # [R, V]: the last shard's pad dropped

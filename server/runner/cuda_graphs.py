@@ -54,6 +54,8 @@ class _Graph:
 
 
 class GraphedDenoiseRunner:
+    graphs = True
+
     def __init__(self, inner: ModelRunner, block_size: int, max_model_len: int,
                  capture: bool = True) -> None:
         self.inner = inner

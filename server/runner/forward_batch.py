@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,16 @@ class ForwardBatch:
     @property
     def num_segments(self) -> int:
         return self.q_start.shape[0]
+
+    def to(self, device: torch.device) -> ForwardBatch:
+        """The device tensors moved to `device`; the host-side ones (indptr, q_start, kv_len)
+        stay on the CPU."""
+        if device.type == "cpu":
+            return self
+        moved = {f: getattr(self, f).to(device, non_blocking=True)
+                 for f in ("input_ids", "positions", "slot_mapping", "page_table",
+                           "logits_indices")}
+        return dataclasses.replace(self, **moved)
 
 
 def build_forward_batch(

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from server.core import Batch, GenerateRequest, SamplingParams, Segment, Sequence
+from server.kv_cache.tensors import KVCache
 from server.model.config import ModelConfig
 from server.model.loader import load_model
-from server.kv_cache.tensors import KVCache
 from server.runner.attention import TorchAttention
 from server.runner.model_runner import ModelRunner
 from tests.reference.decode import block_causal_visible

@@ -1,7 +1,9 @@
-"""Tensor/expert parallelism on CPU (gloo, two engine processes): greedy tokens equal the
-single-process engine's token for token, in both decoding modes, and `unmask serve
---tensor-parallel-size 2` serves them over HTTP and leaves no rank behind on shutdown, also
-with the two ranks on two simulated nodes (`--nnodes 2`, two `unmask serve` processes)."""
+"""Tensor/expert parallelism on CPU (gloo, one engine process per rank): greedy tokens equal
+the single-process engine's token for token, in both decoding modes, at TP 2 and at TP 4 (more
+ranks than the tiny model's 2 KV heads: replicated); `unmask serve --tensor-parallel-size 2`
+serves them over HTTP and leaves no rank behind on shutdown, also with the ranks on two
+simulated nodes (`--nnodes 2`, two `unmask serve` processes); a rank killed mid-run, or a
+failure on rank 0 mid-step, ends the whole server non-zero within a bounded time."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
 from server.cli import main
@@ -30,32 +34,36 @@ def _requests(model_dir: Path) -> list[tuple]:
             for i, (P, m) in enumerate([(1, 33), (31, 40), (32, 64), (70, 45), (100, 20)])]
 
 
-@pytest.mark.parametrize("weights", ["tiny_llada2_peaky", "tiny_ling2"])
-def test_tp2_greedy_equals_tp1(weights: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(("weights", "tp"), [("tiny_llada2_peaky", 2), ("tiny_ling2", 2),
+                                              ("tiny_llada2_peaky", 4), ("tiny_ling2", 4)])
+def test_tp_greedy_equals_tp1(weights: str, tp: int, request: pytest.FixtureRequest) -> None:
     model_dir: Path = request.getfixturevalue(weights)
     mcfg = ModelConfig.from_file(model_dir / "config.json")
+    assert mcfg.num_key_value_heads == 2  # so TP 4 replicates each KV head on two ranks
     reqs = _requests(model_dir)
     single = run(make_engine(model_dir, max_running_requests=4), reqs, stagger=2)
-    engine = make_engine(model_dir, max_running_requests=4, tensor_parallel_size=2)
+    engine = make_engine(model_dir, max_running_requests=4, tensor_parallel_size=tp)
     try:
-        # rank 0 really holds half: its KV heads, attention heads and routed experts
-        assert engine.runner.kv.k.shape[2] == mcfg.num_key_value_heads // 2
-        layer = engine.runner.model.model.layers[mcfg.num_hidden_layers - 1]
-        assert layer.attention.nh == mcfg.num_attention_heads // 2
-        assert layer.mlp.experts.w13.shape[0] == mcfg.num_experts // 2
+        # rank 0 really holds its share: KV heads (one, replicated, beyond 2 ranks),
+        # attention heads, routed experts and vocabulary rows
+        assert engine.runner.kv.k.shape[2] == max(1, mcfg.num_key_value_heads // tp)
+        model = engine.runner.model
+        layer = model.model.layers[mcfg.num_hidden_layers - 1]
+        assert layer.attention.nh == mcfg.num_attention_heads // tp
+        assert layer.mlp.experts.w13.shape[0] == mcfg.num_experts // tp
+        assert model.lm_head.weight.shape[0] == -(-mcfg.vocab_size // tp)
         parallel = run(engine, reqs, stagger=2)
-        assert engine.runner.workers.dead() == []
+        assert engine.group is not None and engine.group.procs.exited() == {}
     finally:
-        engine.runner.close()
+        engine.close()
     assert parallel.tokens == single.tokens
     assert parallel.reasons == single.reasons
     assert all(len(t) > 0 for t in parallel.tokens.values())
 
 
-def test_tp_size_beyond_kv_heads_is_refused(tiny_llada2: Path) -> None:
-    nkv = ModelConfig.from_file(tiny_llada2 / "config.json").num_key_value_heads
-    with pytest.raises(ValueError, match="exceeds num_key_value_heads"):
-        make_engine(tiny_llada2, tensor_parallel_size=2 * nkv)
+def test_tp_size_not_dividing_is_refused(tiny_llada2: Path) -> None:
+    with pytest.raises(ValueError, match="tensor_parallel_size 3"):
+        make_engine(tiny_llada2, tensor_parallel_size=3)
 
 
 PROMPTS = ["def fib(n):", "The capital of France is"]
@@ -171,3 +179,54 @@ def _free_port_pair() -> int:
                 continue
         return port
     raise RuntimeError("no free pair of ports")
+
+
+def _session_pids(sid: int, needle: str) -> list[int]:
+    """Processes of session `sid` whose command line contains `needle`."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(d.name)) == sid and needle.encode() in (d / "cmdline").read_bytes():
+                pids.append(int(d.name))
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("failure", ["rank 1 killed", "rank 0 fails mid-step"])
+def test_rank_failure_ends_the_server(failure: str, tiny_llada2: Path) -> None:
+    """A long stream is running when a rank fails: the stream ends with an error, health turns
+    503, and the server (every rank with it) exits non-zero within a bounded time."""
+    marker = 700  # rank 0's test-only fault hook (UNMASK_TEST_FAULT_TOKEN)
+    env = {"UNMASK_TEST_FAULT_TOKEN": str(marker)} if failure.startswith("rank 0") else {}
+    srv = RemoteServer(tiny_llada2, "--tp", "2", "--num-pages", "256", env=env)
+    try:
+        client = srv.client(max_retries=0, timeout=60)
+        stream = client.completions.create(model="tiny", prompt=[120, 130], max_tokens=1500,
+                                           stream=True, extra_body={"ignore_eos": True})
+        next(iter(stream))  # the request is running
+        workers = _session_pids(srv.proc.pid, "server.distributed.worker")
+        assert len(workers) == 1
+        t0 = time.monotonic()
+        if env:  # the poisoned request joins the running batch
+            with contextlib.suppress(openai.APIError):
+                client.completions.create(model="tiny", prompt=[150, marker], max_tokens=8)
+        else:
+            os.kill(workers[0], signal.SIGKILL)
+        with pytest.raises(openai.APIError):
+            for _ in stream:
+                pass
+        assert time.monotonic() - t0 < 30
+        # the server lingers a few seconds after the engine's death, answering 503
+        assert httpx.get(srv.url + "/health", timeout=5).status_code == 503
+        code = srv.proc.wait(30)
+        assert code != 0, srv.tail()
+        assert time.monotonic() - t0 < 60
+    finally:
+        srv.stop()
+    deadline = time.monotonic() + 15
+    while _session_pids(srv.proc.pid, "python") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _session_pids(srv.proc.pid, "python") == [], "a rank outlived the failed server"

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from server.core import SamplingParams
 from server.engine.llm import engine_config
-from server.engine.startup import plan_startup
 from server.model.specials import read_special_ids
+from server.startup import plan_startup
 from tests.e2e.engine_harness import _mask_id, make_engine, make_prompt, run
 from tests.reference.decode import reference_generate
 from tests.reference.model import ReferenceModel

@@ -1,7 +1,8 @@
 """Start-up decisions that need only the configuration files: the checkpoint's config, device
-and dtype, context length, decoding mode, topology and KV sizing. `Engine` starts from a
-`StartupPlan`; `unmask serve --check-config` runs the same checks and loads no weights.
-Every inconsistency raises ValueError naming the flag or file at fault."""
+and dtype, context length, decoding mode, topology and KV sizing. Every rank starts from the
+same `StartupPlan` (each computes it from its own flags); `unmask serve --check-config` runs
+the same checks and loads no weights. Every inconsistency raises ValueError naming the flag or
+file at fault."""
 
 from __future__ import annotations
 
@@ -15,12 +16,10 @@ import torch
 
 from server.config import AR_PAGE_SIZE, DIFFUSION_DEFAULTS, EngineConfig, parse_bytes
 from server.core import DEFAULT_MAX_POST_STEPS, EDITING_OFF, Editing, SamplingParams
-from server.decoding.modes import Autoregressive, BlockDiffusion, DecodeMode
-from server.distributed.node import check_topology
 from server.kv_cache.tensors import KVCache
 from server.model.config import ModelConfig
 from server.model.loader import resolve_model_path
-from server.model.parallel import check_tp_size
+from server.model.parallel import check_tp_size, local_kv_heads
 from server.model.specials import SpecialIds, read_special_ids
 
 log = logging.getLogger(__name__)
@@ -37,8 +36,19 @@ class StartupPlan:
     device: torch.device
     dtype: torch.dtype
     max_model_len: int
-    mode: DecodeMode
+    block_size: int | None  # diffusion block (== page size); None: autoregressive
+    editing: Editing | None  # the LLaDA2.1 editing default of requests that do not choose
+    max_post_steps: int  # the post-step budget default (also when editing is off)
     ranks_per_node: int
+
+    @property
+    def page_size(self) -> int:
+        return self.block_size or AR_PAGE_SIZE
+
+    @property
+    def attn_block(self) -> int:
+        """Granularity of the block-causal mask: the block, or 1 (causal) for AR."""
+        return self.block_size or 1
 
 
 def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
@@ -69,7 +79,9 @@ def plan_startup(cfg: EngineConfig) -> StartupPlan:
             f"({mcfg.max_context}: max_position_embeddings"
             + (", × YaRN factor" if mcfg.rope_scaling else "; enable YaRN with --rope-scaling "
                "or --hf-overrides to go further") + ")")
-    mode: DecodeMode
+    block: int | None = None
+    editing: Editing | None = None
+    posts = DEFAULT_MAX_POST_STEPS
     if mcfg.mode == "diffusion":
         if specials.mask_id is None:
             raise ValueError(f"{model_dir}: diffusion checkpoint without a <|mask|> token")
@@ -77,30 +89,26 @@ def plan_startup(cfg: EngineConfig) -> StartupPlan:
         if block < 1:
             raise ValueError(f"--block-size must be >= 1, got {block}")
         editing, posts = default_editing(cfg, model_dir)
-        mode = BlockDiffusion(block, specials.mask_id, cfg.diffusion.threshold, editing,
-                              frozenset(specials.eos_ids), posts)
     else:
         if cfg.diffusion.editing_threshold not in (None, EDITING_OFF) or \
                 cfg.diffusion.max_post_steps is not None:
             raise ValueError("--editing-threshold/--max-post-steps apply to block-diffusion "
                              f"checkpoints; {model_dir} is autoregressive")
-        mode = Autoregressive(AR_PAGE_SIZE, frozenset(specials.eos_ids))
-    if cfg.scheduler.max_num_batched_tokens < 2 * mode.page_size:
-        raise ValueError(f"--max-num-batched-tokens must be >= {2 * mode.page_size} "
+    page_size = block or AR_PAGE_SIZE
+    if cfg.scheduler.max_num_batched_tokens < 2 * page_size:
+        raise ValueError(f"--max-num-batched-tokens must be >= {2 * page_size} "
                          "(a commit block plus an active block)")
     if cfg.scheduler.max_running_requests < 1:
         raise ValueError("--max-running-requests must be >= 1")
     ranks_per_node = check_topology(cfg)
     check_tp_size(mcfg, cfg.tensor_parallel_size)
-    plan = StartupPlan(model_dir, mcfg, specials, device, dtype, max_model_len, mode,
-                       ranks_per_node)
+    plan = StartupPlan(model_dir, mcfg, specials, device, dtype, max_model_len, block, editing,
+                       posts, ranks_per_node)
     if cfg.cache.num_pages is not None or cfg.cache.kv_cache_memory is not None:
         # a fixed budget is checkable before any device exists; each rank holds 1/tp of the heads
-        local = dataclasses.replace(mcfg, num_key_value_heads=max(
-            1, mcfg.num_key_value_heads // cfg.tensor_parallel_size))
-        pages = kv_pages(cfg, local, mode.page_size, dtype, device)
+        pages = kv_pages(cfg, mcfg, cfg.tensor_parallel_size, page_size, dtype, device)
         plan = dataclasses.replace(plan, max_model_len=fit_context(
-            max_model_len, cfg.max_model_len is not None, pages, mode.page_size))
+            max_model_len, cfg.max_model_len is not None, pages, page_size))
     return plan
 
 
@@ -141,17 +149,18 @@ def default_editing(cfg: EngineConfig, model_dir: Path) -> tuple[Editing | None,
     return (None if t == EDITING_OFF else Editing(float(t), posts)), posts
 
 
-def kv_pages(cfg: EngineConfig, m: ModelConfig, page_size: int, dtype: torch.dtype,
-             device: torch.device) -> int:
-    """Pages of the KV pool for one rank holding `m`'s KV heads: `--num-pages`, else
+def kv_pages(cfg: EngineConfig, m: ModelConfig, tp_size: int, page_size: int,
+             dtype: torch.dtype, device: torch.device) -> int:
+    """Pages of the KV pool for one of `tp_size` ranks (holding its share of `m`'s KV heads,
+    `local_kv_heads`): `--num-pages`, else
     `--kv-cache-memory`, else a share of the free device memory (a fixed default on CPU)."""
     c = cfg.cache
     if c.num_pages is not None:
         if c.num_pages < 1:
             raise ValueError(f"--num-pages must be >= 1, got {c.num_pages}")
         return c.num_pages
-    per_page = KVCache.bytes_per_page(m.num_hidden_layers, page_size, m.num_key_value_heads,
-                                      m.head_dim, dtype)
+    per_page = KVCache.bytes_per_page(m.num_hidden_layers, page_size,
+                                      local_kv_heads(m, tp_size), m.head_dim, dtype)
     if c.kv_cache_memory is not None:
         budget = parse_bytes(c.kv_cache_memory)
     elif device.type == "cuda":
@@ -163,3 +172,28 @@ def kv_pages(cfg: EngineConfig, m: ModelConfig, page_size: int, dtype: torch.dty
     if pages < 1:
         raise ValueError(f"KV budget of {budget} bytes holds no page ({per_page} bytes each)")
     return pages
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """--dist-init-addr 'HOST:PORT' -> (host, port)."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--dist-init-addr must be HOST:PORT, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+def check_topology(cfg: EngineConfig) -> int:
+    """Ranks per node; ValueError naming the flag when the topology is inconsistent."""
+    n, nodes, k = cfg.tensor_parallel_size, cfg.nnodes, cfg.node_rank
+    if nodes < 1:
+        raise ValueError("--nnodes must be >= 1")
+    if not 0 <= k < nodes:
+        raise ValueError(f"--node-rank {k} must be in 0..{nodes - 1} (--nnodes {nodes})")
+    if n % nodes:
+        raise ValueError(f"--tensor-parallel-size {n} (ranks over all nodes) must be a "
+                         f"multiple of --nnodes {nodes}: every node runs the same number")
+    if nodes > 1 and not cfg.dist_init_addr:
+        raise ValueError("--nnodes > 1 needs --dist-init-addr HOST:PORT (node 0's address)")
+    if cfg.dist_init_addr:
+        parse_addr(cfg.dist_init_addr)
+    return n // nodes

@@ -1,0 +1,200 @@
+"""The engine's host loop, one for both homes: a thread of this process (`EngineThread`: tests,
+offline use) and the engine process (`server.engine.process`). Typed messages cross the
+boundary: requests in (`AddRequest`, `AbortRequest`, `Shutdown`), results out (`Ready`,
+`StartFailed`, `Outputs`, `Failed`).
+
+A failure inside a step of a single-process engine is isolated to its request (`Engine.step`);
+any other failure fails the live requests and the loop goes on. A multi-rank engine cannot
+retry (the other ranks are mid-collective): it fails every request, reports `Failed`, stops
+its ranks and the host exits non-zero."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from server.core import EngineOutput, FinishReason, GenerateRequest, StepStats
+
+if TYPE_CHECKING:
+    from server.engine.engine import Engine, EngineInfo
+
+log = logging.getLogger(__name__)
+TICK_S = 1.0  # a multi-rank engine's idle tick (keep-alive, rank watch)
+
+
+class EngineStartError(RuntimeError):
+    """The engine could not start; the message is its start-up error."""
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    req: GenerateRequest
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    rid: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+@dataclass(frozen=True)
+class Ready:
+    info: EngineInfo
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    error: str
+
+
+@dataclass(frozen=True)
+class Outputs:
+    outputs: list[EngineOutput]
+    stats: StepStats | None  # None: after a failure (no step statistics)
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The engine is broken for good (a rank failed); the host exits after this."""
+
+    error: str
+
+
+Inbound = AddRequest | AbortRequest | Shutdown
+Outbound = Ready | StartFailed | Outputs | Failed
+Emit = Callable[[Outbound], None]
+
+
+class Inbox(Protocol):
+    """A `multiprocessing.connection.Connection`, or `LocalInbox` for a thread."""
+
+    def poll(self, timeout: float | None = ...) -> bool: ...
+
+    def recv(self) -> Inbound: ...
+
+
+class LocalInbox:
+    def __init__(self) -> None:
+        self._items: deque[Inbound] = deque()
+        self._cv = threading.Condition()
+
+    def send(self, msg: Inbound) -> None:
+        with self._cv:
+            self._items.append(msg)
+            self._cv.notify()
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: bool(self._items), timeout)
+
+    def recv(self) -> Inbound:
+        with self._cv:
+            self._cv.wait_for(lambda: bool(self._items))
+            return self._items.popleft()
+
+
+def run_host(make_engine: Callable[[], Engine], inbox: Inbox, emit: Emit) -> int:
+    """Build the engine, serve `inbox` until `Shutdown`; the exit status (1: broken)."""
+    try:
+        engine = make_engine()
+    except Exception as e:  # noqa: BLE001 - reported; the handle raises it
+        log.exception("engine start-up failed")
+        emit(StartFailed(f"{type(e).__name__}: {e}"))
+        return 1
+    emit(Ready(engine.info))
+    idle_wait = TICK_S if engine.world_size > 1 else None
+    while True:
+        busy = engine.has_work()
+        try:
+            if inbox.poll(0 if busy else idle_wait):
+                while True:
+                    msg = inbox.recv()
+                    if isinstance(msg, Shutdown):
+                        engine.close()
+                        return 0
+                    if (out := _handle(engine, msg)) is not None:
+                        emit(Outputs([out], engine.snapshot()))
+                    if not inbox.poll(0):
+                        break
+            elif not busy:
+                engine.tick()
+                continue
+            if engine.has_work():
+                result = engine.step()
+                emit(Outputs(result.outputs, result.stats))
+        except Exception:  # noqa: BLE001 - see the module docstring
+            err = traceback.format_exc()
+            log.error("engine step failed:\n%s", err)
+            if engine.world_size > 1:
+                reason = "internal engine error: a tensor-parallel rank failed"
+                emit(Outputs(engine.fail_all(reason), None))
+                emit(Failed(err.strip().splitlines()[-1]))
+                engine.close(failed=True)
+                return 1
+            emit(Outputs(engine.fail_all("internal engine error"), None))
+
+
+def _handle(engine: Engine, msg: AddRequest | AbortRequest) -> EngineOutput | None:
+    if isinstance(msg, AddRequest):
+        try:
+            engine.add_request(msg.req)
+        except ValueError as e:  # add_request's contract: the request's fault, nothing queued
+            return EngineOutput(msg.req.rid, [], True, FinishReason.ERROR, str(e),
+                                bad_request=True)
+        return None
+    return engine.abort(msg.rid)
+
+
+OnStep = Callable[[list[EngineOutput], StepStats | None], None]
+
+
+class EngineThread:
+    """The engine stepping on a thread of this process. `on_step` runs on that thread."""
+
+    def __init__(self, make_engine: Callable[[], Engine], on_step: OnStep) -> None:
+        self._inbox = LocalInbox()
+        self._on_step = on_step
+        self.failed: str | None = None
+        started: list[Ready | StartFailed] = []
+        ready = threading.Event()
+
+        def emit(msg: Outbound) -> None:
+            if isinstance(msg, Ready | StartFailed):
+                started.append(msg)
+                ready.set()
+            elif isinstance(msg, Outputs):
+                self._on_step(msg.outputs, msg.stats)
+            else:
+                self.failed = msg.error
+
+        self._thread = threading.Thread(target=run_host, args=(make_engine, self._inbox, emit),
+                                        name="engine", daemon=True)
+        self._thread.start()
+        ready.wait()
+        first = started[0]
+        if isinstance(first, StartFailed):
+            self._thread.join()
+            raise EngineStartError(first.error)
+        self.info = first.info
+
+    def add_request(self, req: GenerateRequest) -> None:
+        self._inbox.send(AddRequest(req))
+
+    def abort(self, rid: str) -> None:
+        self._inbox.send(AbortRequest(rid))
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive() and self.failed is None
+
+    def shutdown(self, timeout: float = 10) -> None:
+        self._inbox.send(Shutdown())
+        self._thread.join(timeout)
