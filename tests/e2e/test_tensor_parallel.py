@@ -203,7 +203,7 @@ def test_rank_failure_ends_the_server(failure: str, tiny_llada2: Path) -> None:
     env = {"UNMASK_TEST_FAULT_TOKEN": str(marker)} if failure.startswith("rank 0") else {}
     srv = RemoteServer(tiny_llada2, "--tp", "2", "--num-pages", "256", env=env)
     try:
-        client = srv.client(max_retries=0, timeout=60)
+        client = srv.client(timeout=60)
         stream = client.completions.create(model="tiny", prompt=[120, 130], max_tokens=1500,
                                            stream=True, extra_body={"ignore_eos": True})
         next(iter(stream))  # the request is running
