@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test lint serve bench bench-compare clean
+.PHONY: install test lint typecheck serve bench bench-compare clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +19,10 @@ install: $(VENV)/.installed
 lint: install
 	$(BIN)/ruff check .
 
-test: install lint
+typecheck: install
+	$(BIN)/mypy
+
+test: install lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # With no MODEL, `unmask serve` serves the embedded default: the trained

@@ -73,7 +73,11 @@ def build_workload(args: argparse.Namespace) -> list[WorkItem]:
     if args.endpoint == "chat":
         for it in items:
             if it.messages is None:
-                text = it.prompt if isinstance(it.prompt, str) else tok.decode(it.prompt)
+                if isinstance(it.prompt, str):
+                    text = it.prompt
+                else:  # token ids come only from a tokenizer's workload
+                    assert tok is not None and it.prompt is not None
+                    text = str(tok.decode(it.prompt))
                 it.messages, it.prompt = [{"role": "user", "content": text}], None
     return items
 

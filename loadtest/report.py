@@ -117,9 +117,9 @@ def plot(out_dir: Path, results: dict[str, list[dict[str, Any]]]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, runs in results.items():
             r = runs[-1]
-            xs = np.sort([v for v, e in zip(r[key], r["errors"], strict=True) if not e])
-            if len(xs):
-                ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs),
+            ok = np.sort([v for v, e in zip(r[key], r["errors"], strict=True) if not e])
+            if len(ok):
+                ax.plot(ok, np.arange(1, len(ok) + 1) / len(ok),
                         label=f"{name} c={r['max_concurrency']}")
         ax.set(xlabel=label, ylabel="fraction of requests")
         ax.legend()

@@ -85,7 +85,8 @@ def shared_prefix_workload(n: int, groups: int, prefix_len: int, input_len: int,
     items = []
     for i in range(n):
         head, tail = prefixes[i % groups], pm.make(input_len)
-        prompt = head + tail if isinstance(head, list) else f"{head} {tail}"
+        prompt = head + tail if isinstance(head, list) and isinstance(tail, list) \
+            else f"{head} {tail}"
         items.append(WorkItem(output_len, prompt=prompt))
     return items
 

@@ -9,6 +9,7 @@ from typing import Any
 from server.api.errors import error_body
 from server.api.logprobs import LogprobFormatter
 from server.api.serving import Choice, Event, sse, usage
+from server.api.tools.base import ToolCallDelta
 from server.core import TokenLogprob
 
 DONE = "data: [DONE]\n\n"
@@ -103,7 +104,7 @@ async def stream(shape: Shape, choices: list[Choice], events: AsyncIterator[Even
     try:
         async for ev in events:
             c = ev.choice
-            text, calls = ev.text, []
+            text, calls = ev.text, list[ToolCallDelta]()
             if c.tool_stream is not None:
                 text, calls = c.tool_stream.feed(ev.text, final=ev.finished)
             if text or (shape.ids and ev.token_ids) or (shape.logprobs and ev.logprobs):

@@ -155,14 +155,15 @@ class OpenAIServing:
     def completion_choices(self, req: CompletionRequest, request_id: str
                            ) -> list[tuple[Choice, GenerateRequest]]:
         p = req.prompt
+        prompts: list[tuple[str | None, list[int]]]
         if isinstance(p, str):
             prompts = [(p, self.tok.encode(p))]
         elif isinstance(p[0], str):
-            prompts = [(s, self.tok.encode(s)) for s in p]  # type: ignore[arg-type]
+            prompts = [(s, self.tok.encode(s)) for s in p]
         elif isinstance(p[0], int):
-            prompts = [(None, list(p))]  # type: ignore[arg-type]
+            prompts = [(None, list(p))]
         else:
-            prompts = [(None, list(ids)) for ids in p]  # type: ignore[union-attr]
+            prompts = [(None, list(ids)) for ids in p]
         if req.echo:  # token-id prompts echo their text, special tokens included
             for _, ids in prompts:
                 self._check_ids(ids, "prompt")
@@ -276,6 +277,7 @@ class OpenAIServing:
 
     def _record_finish(self, c: Choice, out: EngineOutput) -> None:
         m = self.model_name
+        assert c.finish_reason is not None  # recorded once the choice finished
         self.metrics.success.labels(m, c.finish_reason).inc()
         self.metrics.e2e.labels(m).observe(time.monotonic() - c.start)
         self.metrics.request_prompt.labels(m).observe(len(c.prompt_ids))

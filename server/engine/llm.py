@@ -45,7 +45,8 @@ class RequestOutput:
 
 def engine_config(model: str, **kw: Any) -> EngineConfig:
     """Flat keyword arguments → the nested `EngineConfig` (unknown names raise TypeError)."""
-    groups = {"cache": CacheConfig, "scheduler": SchedulerConfig, "diffusion": DiffusionConfig}
+    groups: dict[str, Any] = {"cache": CacheConfig, "scheduler": SchedulerConfig,
+                              "diffusion": DiffusionConfig}
     nested: dict[str, dict[str, Any]] = {g: {} for g in groups}
     top: dict[str, Any] = {}
     for key, value in kw.items():

@@ -46,7 +46,8 @@ class EngineProcess:
         self.proc = ctx.Process(target=_engine_main, args=(cfg, in_r, out_w), daemon=True,
                                 name="unmask-engine")
         self.proc.start()
-        in_r.close(), out_w.close()
+        in_r.close()
+        out_w.close()
         self.failed: str | None = None
         if not self._outbox.poll(start_timeout):
             self.proc.kill()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from server.grammar.matcher import GrammarState
+from server.core import GrammarCursor
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ def accept_in_order(
     logits: torch.Tensor,  # [N, V] fp32, rows for block positions first..first+N; mask id -inf
     block: list[int],  # the block's ids, updated in place
     first: int,  # frontier: positions >= first are undecided, those before are final
-    state: GrammarState,
+    state: GrammarCursor,
     threshold: float,
     min_commit: int,
     sampling: RowSampling | None = None,

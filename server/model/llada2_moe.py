@@ -83,7 +83,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig, tp: TPGroup, experts: ExpertsFn) -> None:
         super().__init__()
         # tp > 1: rows [rank·Vp, (rank+1)·Vp) only; the same parameter name `weight` either way
-        self.word_embeddings: nn.Module = (
+        self.word_embeddings: nn.Embedding | VocabParallelEmbedding = (
             nn.Embedding(cfg.vocab_size, cfg.hidden_size) if tp.size == 1
             else VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp))
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, tp, experts)

@@ -187,4 +187,4 @@ class _WeightSink:
 def _beyond_layers(name: str, params: dict[str, torch.Tensor]) -> bool:
     """Extra trailing layers (e.g. Ling MTP layers numbered after the decoder) are skipped."""
     m = re.match(r"^model\.layers\.(\d+)\.", name)
-    return bool(m) and f"model.layers.{m.group(1)}.input_layernorm.weight" not in params
+    return m is not None and f"model.layers.{m.group(1)}.input_layernorm.weight" not in params

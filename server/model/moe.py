@@ -22,6 +22,7 @@ class Router(nn.Module):
         super().__init__()
         E = cfg.num_experts
         self.weight = nn.Parameter(torch.empty(E, cfg.hidden_size, dtype=torch.float32))
+        self.expert_bias: torch.Tensor  # [E] fp32 (buffer)
         self.register_buffer("expert_bias", torch.zeros(E, dtype=torch.float32))
         self.top_k = cfg.num_experts_per_tok
         self.n_group, self.topk_group = cfg.n_group, cfg.topk_group

@@ -75,6 +75,8 @@ class RotaryEmbedding(torch.nn.Module):
         t = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)  # [P, rd/2]
         emb = torch.cat([freqs, freqs], dim=-1)  # [P, rd]
+        self.cos: torch.Tensor  # [max_positions, rd] (buffer)
+        self.sin: torch.Tensor
         self.register_buffer("cos", emb.cos() * self.attention_factor, persistent=False)
         self.register_buffer("sin", emb.sin() * self.attention_factor, persistent=False)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -54,7 +55,7 @@ class _Graph:
 
 
 class GraphedDenoiseRunner:
-    graphs = True
+    uses_graphs = True
 
     def __init__(self, inner: ModelRunner, block_size: int, max_model_len: int,
                  capture: bool = True) -> None:
@@ -65,7 +66,7 @@ class GraphedDenoiseRunner:
         self.key_buckets = [k for k in KEY_BUCKETS if k % block_size == 0 and
                             k < max_model_len] + [max_model_len]
         self.graphs: dict[tuple[int, int], _Graph] = {}
-        self.pool: tuple[int, int] | None = None
+        self.pool: Any = None  # the graphs' shared memory pool handle
         self.enabled = True
         self.capture = capture  # False: run the static computation without a graph (CPU)
         self._attn = _StaticAttention()

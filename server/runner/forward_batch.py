@@ -58,10 +58,10 @@ def build_forward_batch(
     for seg in batch.segments:
         seq, row0 = seg.seq, len(ids)
         ids.extend(seq.ids(seg.start, seg.end))
-        table = seq.page_table
+        pages = seq.page_table
         for p in range(seg.start, seg.end):
             positions.append(p)
-            slots.append(table[p // page_size] * page_size + p % page_size)
+            slots.append(pages[p // page_size] * page_size + p % page_size)
         if seg.logits_start is not None:
             first = row0 + seg.logits_start - seg.start
             logits_rows.extend(range(first, row0 + seg.num_tokens))

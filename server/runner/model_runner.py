@@ -25,13 +25,13 @@ class Runner(Protocol):
     model: Ling2MoeForward
     kv: KVCache
     backend: AttentionBackend
-    graphs: bool  # denoise steps may replay CUDA graphs
+    uses_graphs: bool  # denoise steps may replay CUDA graphs
 
     def forward(self, batch: Batch) -> torch.Tensor: ...  # fp32 logits [R, V]
 
 
 class ModelRunner:
-    graphs = False
+    uses_graphs = False
 
     def __init__(self, model: Ling2MoeForward, kv: KVCache, backend: AttentionBackend,
                  attn_block: int, device: torch.device, publish: Publish | None = None) -> None:

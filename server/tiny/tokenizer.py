@@ -52,7 +52,11 @@ def write_tokenizer_files(tok: Tokenizer, out_dir: Path, arch: str) -> dict[str,
     """tokenizer.json, tokenizer_config.json, special_tokens_map.json; returns special ids."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tokenizer.json").write_text(tok.to_str(pretty=True), encoding="utf-8")
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    ids: dict[str, int] = {}
+    for t in SPECIAL_TOKENS:
+        i = tok.token_to_id(t)
+        assert i is not None, f"the tokenizer lacks special token {t}"
+        ids[t] = i
     eos = "<|endoftext|>" if arch == "llada2" else "<|role_end|>"
     special = {"bos_token": "<|startoftext|>", "eos_token": eos, "pad_token": "<|endoftext|>",
                "mask_token": "<|mask|>"}
