@@ -21,12 +21,30 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     import torch
 
 DEFAULT_THRESHOLD = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class GreedyRows:
+    """What greedy acceptance needs of R logit rows, instead of the rows [R, V]: the argmax
+    token, its logit and the row's log-sum-exp (a tensor-parallel engine gathers these from
+    each rank's vocabulary slice rather than the slices themselves)."""
+
+    token: torch.Tensor  # [R] long
+    best: torch.Tensor  # [R] fp32: the token's logit
+    lse: torch.Tensor  # [R] fp32
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return (self.best - self.lse).exp()  # [R]: softmax probability of the argmax
+
+
+Logits: TypeAlias = "torch.Tensor | GreedyRows"  # fp32 [R, V] rows, or their greedy summary
 
 
 class GrammarCursor(Protocol):

@@ -6,6 +6,6 @@ start-up by `select()`. Nothing here imports Triton or CUDA libraries at import 
 
 from __future__ import annotations
 
-from .acceptance.ref import EditBatch, SamplingBatch, accept_blocks
+from .acceptance.ref import EditBatch, SamplingBatch, accept_blocks, commit_chosen
 
-__all__ = ["EditBatch", "SamplingBatch", "accept_blocks"]
+__all__ = ["EditBatch", "SamplingBatch", "accept_blocks", "commit_chosen"]

@@ -13,12 +13,14 @@ from server.core import (
     EDITING_OFF,
     Editing,
     GenerateRequest,
+    GreedyRows,
+    Logits,
     Segment,
     Sequence,
     TokenLogprob,
 )
 from server.grammar.accept import RowSampling, accept_in_order
-from unmask_kernels import EditBatch, SamplingBatch, accept_blocks
+from unmask_kernels import EditBatch, SamplingBatch, accept_blocks, commit_chosen
 
 AcceptFn = Callable[..., torch.Tensor]  # `accept_blocks`' signature: committed [S, B] bool
 
@@ -37,8 +39,13 @@ class DecodeMode(Protocol):
         """Everything this sequence still needs forwarded, from `num_cached` on."""
         ...
 
-    def accept(self, segments: list[Segment], logits: torch.Tensor) -> list[int]:
-        """Commit tokens from `logits` (rows in segment order); returns tokens committed each."""
+    def accept(self, segments: list[Segment], logits: Logits) -> list[int]:
+        """Commit tokens from `logits` (rows in segment order); returns tokens committed each.
+        `GreedyRows` only where `greedy_suffices` said so."""
+        ...
+
+    def greedy_suffices(self, segments: list[Segment]) -> bool:
+        """True when accepting these segments needs only each row's `GreedyRows`."""
         ...
 
     def output_ids(self, seq: Sequence) -> list[int]:
@@ -49,6 +56,14 @@ class DecodeMode(Protocol):
     def advance(self, seq: Sequence) -> bool:
         """Called after a step when the sequence goes on; True if a block was completed."""
         ...
+
+
+def plain_greedy(seq: Sequence) -> bool:
+    """Greedy with nothing that needs the logit rows themselves: no grammar, logit bias,
+    min_tokens ban or log-probabilities."""
+    p = seq.params
+    return (p.greedy and seq.grammar is None and not p.logit_bias and not p.min_tokens
+            and p.logprobs is None)
 
 
 def _row_sampling(seq: Sequence) -> RowSampling | None:
@@ -185,9 +200,15 @@ class BlockDiffusion:
         assert seq.block is not None
         return [i >= frozen and t == self.mask_id for i, t in enumerate(seq.block)]
 
-    def accept(self, segments: list[Segment], logits: torch.Tensor) -> list[int]:
+    def greedy_suffices(self, segments: list[Segment]) -> bool:
+        return all(plain_greedy(s.seq) for s in segments)
+
+    def accept(self, segments: list[Segment], logits: Logits) -> list[int]:
         seqs = [s.seq for s in segments]
         S, B = len(seqs), self.block_size
+        if isinstance(logits, GreedyRows):  # greedy_suffices: nothing below needs the rows
+            return self._accept_free(seqs, None, (logits.token.view(S, B),
+                                                  logits.confidence.view(S, B)))
         logits = logits.view(S, B, -1)
         before = [list(s.block) if s.params.logprobs is not None and s.block is not None
                   else None for s in seqs]
@@ -215,10 +236,14 @@ class BlockDiffusion:
                 counts[i] = self._accept_constrained(seq, logits[i])
         return counts
 
-    def _accept_free(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
-        """logits [S, B, V]: confidence-threshold acceptance anywhere in each block, and the
-        token-to-token edits of editing rows."""
-        dev, S = logits.device, len(seqs)
+    def _accept_free(self, seqs: list[Sequence], logits: torch.Tensor | None,
+                     chosen: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[int]:
+        """logits [S, B, V], or the greedy (token, confidence) [S, B] each already `chosen`:
+        confidence-threshold acceptance anywhere in each block, and the token-to-token edits
+        of editing rows."""
+        some = logits if logits is not None else chosen[0] if chosen is not None else None
+        assert some is not None
+        dev, S = some.device, len(seqs)
         blocks = torch.tensor([s.block for s in seqs], dtype=torch.long, device=dev)  # [S, B]
         undecided_rows = [self.undecided(s) for s in seqs]
         undecided = torch.tensor(undecided_rows, device=dev)  # [S, B]
@@ -237,12 +262,15 @@ class BlockDiffusion:
             edits = EditBatch(torch.tensor(ethr, dtype=torch.float32, device=dev),
                               torch.tensor([self.generated(s) for s in seqs], device=dev),
                               torch.zeros(S, self.block_size, dtype=torch.bool, device=dev))
-        committed = self.accept_fn(
-            logits, blocks, undecided,
-            threshold=torch.tensor(thr, dtype=torch.float32, device=dev),
-            min_commit=torch.tensor(ks, device=dev),
-            mask_id=self.mask_id, sampling=_sampling(seqs), edits=edits,
-        )
+        threshold = torch.tensor(thr, dtype=torch.float32, device=dev)
+        min_commit = torch.tensor(ks, device=dev)
+        if chosen is not None:
+            committed = commit_chosen(*chosen, blocks, undecided, threshold, min_commit, edits)
+        else:
+            assert logits is not None
+            committed = self.accept_fn(logits, blocks, undecided, threshold=threshold,
+                                       min_commit=min_commit, mask_id=self.mask_id,
+                                       sampling=_sampling(seqs), edits=edits)
         edited = edits.edited if edits is not None else torch.zeros_like(committed)
         rows = torch.cat([blocks, committed.sum(1, keepdim=True), edited.sum(1, keepdim=True)],
                          dim=1).tolist()  # [S, B + 2]: the step's one host read
@@ -354,9 +382,16 @@ class Autoregressive:
         first = seq.num_cached if _wants_prompt_logprobs(seq) else end - 1
         return Segment(seq, seq.num_cached, end, logits_start=first, cache_end=end)
 
-    def accept(self, segments: list[Segment], logits: torch.Tensor) -> list[int]:
+    def greedy_suffices(self, segments: list[Segment]) -> bool:
+        return all(plain_greedy(s.seq) and not _wants_prompt_logprobs(s.seq) for s in segments)
+
+    def accept(self, segments: list[Segment], logits: Logits) -> list[int]:
         """logits [rows, V]: one row per segment, or a whole prompt's for a sequence that
         wants prompt logprobs (its rows before the last predict prompt tokens 1..P-1)."""
+        if isinstance(logits, GreedyRows):  # greedy_suffices: one row per segment
+            for seg, t in zip(segments, logits.token.tolist(), strict=True):
+                seg.seq.tokens.append(t)
+            return [1] * len(segments)
         rows = [s.end - (s.logits_start if s.logits_start is not None else s.end - 1)
                 for s in segments]
         if any(r > 1 for r in rows):

@@ -13,9 +13,8 @@ import torch.distributed as dist
 
 from server.runner.forward_batch import ForwardBatch
 
-HEADER = 8  # [kind, T, S, table columns, R, attn_block, page_size, 0]
+HEADER = 8  # [kind, T, S, table columns, R, attn_block, page_size, greedy]
 STOP, STEP, KEEPALIVE = 0, 1, 2
-KEEPALIVE_S = 30.0  # rank 0 idle this long sends a keep-alive (well under the group timeout)
 
 
 class StepChannel:
@@ -27,7 +26,7 @@ class StepChannel:
         """`fb` on the CPU (as `ModelRunner` builds it when publishing)."""
         S, cols = fb.page_table.shape
         header = [STEP, fb.num_tokens, S, cols, fb.logits_indices.shape[0], fb.attn_block,
-                  fb.page_size, 0]
+                  fb.page_size, int(fb.greedy)]
         self._bcast(torch.tensor(header, dtype=torch.long))
         self._bcast(torch.cat([fb.input_ids, fb.positions, fb.slot_mapping, fb.qo_indptr,
                                fb.q_start, fb.kv_len, fb.page_table.flatten(),
@@ -45,7 +44,7 @@ class StepChannel:
         while True:
             header = torch.empty(HEADER, dtype=torch.long)
             self._bcast(header)
-            kind, T, S, cols, R, attn_block, page_size, _ = header.tolist()
+            kind, T, S, cols, R, attn_block, page_size, greedy = header.tolist()
             if kind == STOP:
                 return None
             if kind == STEP:
@@ -57,7 +56,7 @@ class StepChannel:
         self._bcast(payload)
         ids, pos, slots, indptr, q_start, kv_len, table, rows = payload.split(sizes)
         return ForwardBatch(ids, pos, slots, indptr, q_start, kv_len, table.view(S, cols), rows,
-                            attn_block, page_size)
+                            attn_block, page_size, bool(greedy))
 
     def _bcast(self, t: torch.Tensor) -> None:
         dist.broadcast(t, src=0, group=self.group)

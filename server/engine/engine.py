@@ -215,7 +215,8 @@ class Engine:
         if _FAULT_TOKEN is not None and any(_FAULT_TOKEN in s.seq.req.prompt_ids
                                             for s in batch.segments):
             raise RuntimeError("injected test fault")
-        logits = self.runner.forward(batch)
+        greedy = self.group is not None and self.mode.greedy_suffices(batch.logit_segments)
+        logits = self.runner.forward(batch, greedy)
         if not batch.logit_segments:
             return []
         return self.mode.accept(batch.logit_segments, logits)

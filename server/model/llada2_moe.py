@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from server.core import GreedyRows
 from server.model.config import ModelConfig
 from server.model.expert_parallel import ExpertParallelMoE
 from server.model.layers import Attend, RMSNorm, SwiGLU
@@ -132,3 +133,25 @@ class Ling2MoeForward(nn.Module):
         if parts is None:
             return local.new_empty((0, V), dtype=torch.float32)
         return torch.cat(parts, dim=1)[:, :V].float()  # [R, V]: the last shard's pad dropped
+
+    def greedy_rows(self, hidden: torch.Tensor, never: int | None) -> GreedyRows | None:
+        """hidden [R, H] pre-norm rows → what greedy acceptance needs of their logits, with
+        token `never` (the mask id) left out of the vocabulary: per row the argmax, its logit
+        and the log-sum-exp. Under tensor parallelism each rank reduces its own vocabulary
+        slice and rank 0 gathers [R, 3] per rank instead of [R, Vp]: a collective like
+        `compute_logits`; ranks other than 0 get None."""
+        V = self.cfg.vocab_size
+        local = self.lm_head(self.model.norm(hidden)).float()  # [R, Vp]
+        first = self.tp.rank * local.shape[1]  # vocabulary id of column 0
+        local[:, max(0, V - first):] = -torch.inf  # the last shard's padding
+        if never is not None and 0 <= never - first < local.shape[1]:
+            local[:, never - first] = -torch.inf
+        best, idx = local.max(-1)  # [R] each
+        part = torch.stack([best, (idx + first).float(), local.logsumexp(-1)], 1)  # [R, 3]
+        parts = self.tp.gather_to_first(part) if hidden.shape[0] else [part]
+        if parts is None:
+            return None
+        every = torch.stack(parts)  # [N, R, 3]
+        shard = every[..., 0].argmax(0)  # [R]: the first slice holding the row's maximum
+        pick = every.gather(0, shard[None, :, None].expand(1, -1, 3))[0]  # [R, 3]
+        return GreedyRows(pick[:, 1].long(), pick[:, 0], every[..., 2].logsumexp(0))

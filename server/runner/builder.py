@@ -34,7 +34,8 @@ def build_runner(cfg: EngineConfig, plan: StartupPlan, tp: TPGroup = SINGLE,
     pages = tp.agree_min(kv_pages(cfg, mcfg, tp.size, plan.page_size, plan.dtype, device))
     kv = KVCache(mcfg.num_hidden_layers, pages, plan.page_size, local_kv_heads(mcfg, tp.size),
                  mcfg.head_dim, plan.dtype, device)
-    runner: Runner = ModelRunner(model, kv, attention, plan.attn_block, device, publish)
+    never = plan.specials.mask_id if plan.block_size is not None else None
+    runner: Runner = ModelRunner(model, kv, attention, plan.attn_block, device, publish, never)
     graphs = (plan.block_size is not None and device.type == "cuda" and not cfg.enforce_eager
               and tp.size == 1)
     if graphs:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from server.core import Batch
+from server.core import Batch, Logits
 from server.runner.attention import AttentionContext, TorchAttention, _TorchMeta
 from server.runner.forward_batch import ForwardBatch, build_forward_batch
 from server.runner.model_runner import ModelRunner
@@ -72,7 +72,8 @@ class GraphedDenoiseRunner:
         self._attn = _StaticAttention()
         self.replays = 0  # denoise steps served by a graph (tests, metrics)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch, greedy: bool = False) -> Logits:
+        """fp32 logits [R, V] (one rank: `greedy` needs no other form)."""
         key = self._bucket(batch) if self.enabled else None
         if key is None:
             return self.inner.forward(batch)

@@ -27,6 +27,7 @@ class ForwardBatch:
     logits_indices: torch.Tensor  # [R] long: rows whose logits the step needs
     attn_block: int
     page_size: int
+    greedy: bool = False  # the step needs only `GreedyRows` of its logit rows (tensor parallel)
 
     @property
     def num_tokens(self) -> int:
@@ -48,7 +49,7 @@ class ForwardBatch:
 
 
 def build_forward_batch(
-    batch: Batch, page_size: int, attn_block: int, device: torch.device
+    batch: Batch, page_size: int, attn_block: int, device: torch.device, greedy: bool = False
 ) -> ForwardBatch:
     ids: list[int] = []
     positions: list[int] = []
@@ -86,4 +87,5 @@ def build_forward_batch(
         logits_indices=dev(logits_rows),
         attn_block=attn_block,
         page_size=page_size,
+        greedy=greedy,
     )

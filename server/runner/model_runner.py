@@ -10,7 +10,7 @@ from typing import Protocol
 
 import torch
 
-from server.core import Batch
+from server.core import Batch, Logits
 from server.kv_cache.tensors import KVCache
 from server.model.llada2_moe import Ling2MoeForward
 from server.runner.attention import AttentionBackend, AttentionContext
@@ -27,33 +27,43 @@ class Runner(Protocol):
     backend: AttentionBackend
     uses_graphs: bool  # denoise steps may replay CUDA graphs
 
-    def forward(self, batch: Batch) -> torch.Tensor: ...  # fp32 logits [R, V]
+    def forward(self, batch: Batch, greedy: bool = False) -> Logits: ...
 
 
 class ModelRunner:
+    """`never`: the token greedy acceptance never chooses (the mask id; None in AR)."""
+
     uses_graphs = False
 
     def __init__(self, model: Ling2MoeForward, kv: KVCache, backend: AttentionBackend,
-                 attn_block: int, device: torch.device, publish: Publish | None = None) -> None:
+                 attn_block: int, device: torch.device, publish: Publish | None = None,
+                 never: int | None = None) -> None:
         self.model, self.kv, self.backend = model, kv, backend
         self.attn_block, self.device = attn_block, device
-        self.publish = publish
+        self.publish, self.never = publish, never
 
     @torch.inference_mode()
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """One forward over every segment; fp32 logits [R, V] of the rows segments asked for."""
+    def forward(self, batch: Batch, greedy: bool = False) -> Logits:
+        """One forward over every segment: fp32 logits [R, V] of the rows segments asked for,
+        or, when `greedy` says the step needs no more and the vocabulary is split over ranks,
+        their `GreedyRows` (gathering [R, 3] per rank instead of [R, V/N])."""
         if self.publish is None:
             return self.run(build_forward_batch(batch, self.kv.page_size, self.attn_block,
                                                 self.device))
-        fb = build_forward_batch(batch, self.kv.page_size, self.attn_block, torch.device("cpu"))
+        fb = build_forward_batch(batch, self.kv.page_size, self.attn_block, torch.device("cpu"),
+                                 greedy)
         self.publish(fb)
         return self.run(fb.to(self.device))
 
     @torch.inference_mode()
-    def run(self, fb: ForwardBatch) -> torch.Tensor:
-        """Every rank: K/V into this rank's pages, then logits [R, V] of `fb.logits_indices`
+    def run(self, fb: ForwardBatch) -> Logits:
+        """Every rank: K/V into this rank's pages, then the logits of `fb.logits_indices`
         (complete on rank 0 only under tensor parallelism; see `compute_logits`)."""
-        return self.model.compute_logits(self.hidden(fb)[fb.logits_indices])
+        rows = self.hidden(fb)[fb.logits_indices]  # [R, H]
+        if fb.greedy:
+            summary = self.model.greedy_rows(rows, self.never)
+            return summary if summary is not None else rows[:0]  # ranks > 0: discarded
+        return self.model.compute_logits(rows)  # [R, V]
 
     @torch.inference_mode()
     def hidden(self, fb: ForwardBatch) -> torch.Tensor:

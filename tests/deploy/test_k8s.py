@@ -189,8 +189,8 @@ def test_probes_ports_drain_and_security(overlay: str) -> None:
             assert not ports and not any(k.endswith("Probe") for k in c)
         else:
             assert ports["http"] == int(flags["port"])
-        if overlay == "multinode" and ports:  # the store on PORT, rank 0's control on PORT+1
-            assert (ports["dist"], ports["control"]) == (29500, 29501)
+        if overlay == "multinode" and ports:  # the group's TCPStore on PORT, nothing else
+            assert ports == {"http": int(flags["port"]), "dist": 29500}
         if pod["metadata"]["labels"]["app.kubernetes.io/component"] == "server":
             probes = {k: c[k]["httpGet"] for k in ("startupProbe", "livenessProbe",
                                                    "readinessProbe")}

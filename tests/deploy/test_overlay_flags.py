@@ -76,9 +76,9 @@ def test_every_overlay_passes_the_engine_checks(overlay: str, shapes: dict[str, 
 
 def test_check_config_refuses_what_the_engine_refuses(shapes: dict[str, Path],
                                                       tmp_path: Path) -> None:
-    """The multinode overlay once asked for TP 8 on flash (4 KV heads): refused at start-up."""
+    """TP 64 on flash (32 attention heads) cannot split the heads: refused at start-up."""
     resources = rendered("overlays/multinode")
     flags = dict(one(resources, "ConfigMap", "unmask-serve")["data"])
-    flags |= {"tensor-parallel-size": "8", "nnodes": "2"}
+    flags |= {"tensor-parallel-size": "64", "nnodes": "2"}
     out = check_config(serving_pods(resources)[0], flags, str(shapes["flash"]), tmp_path)
-    assert out.returncode == 2 and "num_key_value_heads 4" in out.stderr, out
+    assert out.returncode == 2 and "num_attention_heads=32" in out.stderr, out

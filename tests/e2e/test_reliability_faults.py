@@ -124,6 +124,7 @@ def test_engine_death_is_503_and_errors_in_flight(tiny_llada2: Path) -> None:
         late = _complete(srv, [5], 4)
         assert late.status_code == 503, late.text  # new work: retry on another replica
         assert late.json()["error"]["message"] == "the engine is not running"
+        assert srv.proc.wait(30) == 1  # then it exits non-zero: the container restarts
     finally:
         srv.stop()
 

@@ -29,9 +29,12 @@ from tests.e2e.server_harness import RemoteServer, free_port
 
 
 def _requests(model_dir: Path) -> list[tuple]:
-    # prompts inside one page, on a page boundary and across several; staggered arrivals
+    # prompts inside one page, on a page boundary and across several; staggered arrivals.
+    # Steps of plain greedy rows gather only each row's argmax/max/log-sum-exp; the request
+    # with logprobs makes its steps gather whole logit rows.
     return [(f"r{i}", make_prompt(model_dir, P, seed=10 + i), SamplingParams(max_tokens=m))
-            for i, (P, m) in enumerate([(1, 33), (31, 40), (32, 64), (70, 45), (100, 20)])]
+            for i, (P, m) in enumerate([(1, 33), (31, 40), (32, 64), (70, 45), (100, 20)])] + [
+        ("lp", make_prompt(model_dir, 40, seed=20), SamplingParams(max_tokens=30, logprobs=2))]
 
 
 @pytest.mark.parametrize(("weights", "tp"), [("tiny_llada2_peaky", 2), ("tiny_ling2", 2),

@@ -82,3 +82,21 @@ def test_packages_import_without_cycles() -> None:
                                                               "c": {"a"}}])
 def test_a_cycle_is_found(graph: dict[str, set[str]]) -> None:
     assert _cycle(graph) is not None
+
+
+def test_nothing_unpickles() -> None:
+    """No module of ours imports a pickle-family deserializer: the rank group exchanges int64
+    tensors and JSON. (The API ↔ engine process pipes are `multiprocessing` one-way OS pipes
+    between a parent and the child it spawned, not sockets.)"""
+    banned = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve"}
+    found = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                found += [f"{path.relative_to(ROOT)}: {n}" for n in names
+                          if n.split(".")[0] in banned]
+    assert found == []
+    process = (ROOT / "server/engine/process.py").read_text()
+    assert process.count("Pipe(duplex=False)") == 2 and "Listener" not in process

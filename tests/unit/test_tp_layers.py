@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from server.core import Batch, GenerateRequest, SamplingParams, Segment, Sequence
+from server.core import Batch, GenerateRequest, GreedyRows, SamplingParams, Segment, Sequence
 from server.kv_cache.tensors import KVCache
 from server.model.config import ModelConfig
 from server.model.loader import load_model
@@ -52,8 +52,10 @@ def prompt(vocab: int) -> list[int]:
     return sorted(edges) + rest.tolist()
 
 
-def run_one(model_dir: Path, tp: TPGroup) -> tuple[torch.nn.Module, torch.Tensor]:
-    """Load this rank's shard, forward the prompt once; (model, compute_logits of every row)."""
+def run_one(model_dir: Path, tp: TPGroup, never: int | None = None
+            ) -> tuple[torch.nn.Module, torch.Tensor, GreedyRows | None]:
+    """Load this rank's shard, forward the prompt once; (model, compute_logits of every row,
+    greedy_rows of every row with `never` left out; None without `never`)."""
     cfg = ModelConfig.from_file(model_dir / "config.json")
     model = load_model(model_dir, cfg, torch.float32, CPU, 256, tp=tp)
     kv = KVCache(cfg.num_hidden_layers, 2, PAGE, local_kv_heads(cfg, tp.size), cfg.head_dim,
@@ -66,7 +68,9 @@ def run_one(model_dir: Path, tp: TPGroup) -> tuple[torch.nn.Module, torch.Tensor
     fb = build_forward_batch(Batch([Segment(seq, 0, N, 0, cache_end=N)], N), PAGE, attn_block,
                              CPU)
     with torch.inference_mode():
-        return model, model.compute_logits(runner.hidden(fb)[fb.logits_indices])  # [N, V]
+        rows = runner.hidden(fb)[fb.logits_indices]  # [N, H]
+        logits = model.compute_logits(rows)  # [N, V]
+        return model, logits, None if never is None else model.greedy_rows(rows, never)
 
 
 def rank_main(rank: int, size: int, port: int, jobs: dict[str, str], out: Path) -> None:
@@ -78,11 +82,12 @@ def rank_main(rank: int, size: int, port: int, jobs: dict[str, str], out: Path) 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=size, timeout=timedelta(seconds=RANK_TIMEOUT_S))
     try:
-        for name, model_dir in jobs.items():
-            model, logits = run_one(Path(model_dir), TPGroup(rank, size))
+        for name, (model_dir, never) in jobs.items():
+            model, logits, greedy = run_one(Path(model_dir), TPGroup(rank, size), never)
             attn = model.model.layers[0].attention
             torch.save({
                 "logits": logits,
+                "greedy": None if greedy is None else (greedy.token, greedy.best, greedy.lse),
                 "emb": model.model.word_embeddings.weight.detach(),
                 "head": model.lm_head.weight.detach(),
                 "tied": model.lm_head.weight is model.model.word_embeddings.weight,
@@ -100,11 +105,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(size: int, jobs: dict[str, Path], out: Path) -> None:
+def spawn(size: int, jobs: dict[str, tuple[Path, int]], out: Path) -> None:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     args = json.dumps({"size": size, "port": port, "out": str(out),
-                       "jobs": {k: str(v) for k, v in jobs.items()}})
+                       "jobs": {k: (str(d), n) for k, (d, n) in jobs.items()}})
     procs = [subprocess.Popen([sys.executable, __file__, str(r), args], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for r in range(size)]
@@ -148,12 +153,14 @@ def tp_runs(odd_vocab: Path, tied_ling2: Path, tmp_path_factory: pytest.TempPath
     jobs = {"odd_vocab": odd_vocab, "tied": tied_ling2}
     out = tmp_path_factory.mktemp("tp_runs")
     runs: dict[tuple[str, int, int], dict] = {}
+    nevers = {}
     for name, d in jobs.items():
-        model, logits = run_one(d, SINGLE)
+        model, logits, _ = run_one(d, SINGLE)
         runs[name, 1, 0] = {"logits": logits, "tied": model.lm_head.weight
                             is model.model.word_embeddings.weight}
+        nevers[name] = int(logits[0].argmax())  # leaving it out changes row 0's answer
     for size in SIZES:
-        spawn(size, jobs, out)
+        spawn(size, {k: (d, nevers[k]) for k, d in jobs.items()}, out)
         for name in jobs:
             for r in range(size):
                 runs[name, size, r] = torch.load(out / f"{name}-tp{size}-r{r}.pt")
@@ -169,6 +176,22 @@ def test_tp_logits_match_single_rank(tp_runs: dict, job: str, size: int) -> None
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
     for r in range(1, size):  # the other ranks' placeholder
         assert tp_runs[job, size, r]["logits"].shape == (0, ref.shape[1])
+
+
+@pytest.mark.parametrize("job", ["odd_vocab", "tied"])
+@pytest.mark.parametrize("size", SIZES)
+def test_greedy_rows_match_the_full_logits(tp_runs: dict, job: str, size: int) -> None:
+    """What rank 0 gathers instead of [R, V/N] per rank: the argmax, its logit and the
+    log-sum-exp of each row, with one token left out (as the mask id is)."""
+    ref = tp_runs[job, 1, 0]["logits"].clone()  # [N, V]
+    never = int(ref[0].argmax())
+    ref[:, never] = -torch.inf
+    token, best, lse = tp_runs[job, size, 0]["greedy"]
+    assert torch.equal(token, ref.argmax(-1)) and never not in token.tolist()
+    torch.testing.assert_close(best, ref.max(-1).values, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(lse, ref.logsumexp(-1), rtol=1e-4, atol=1e-4)
+    rows = GreedyRows(token, best, lse)
+    torch.testing.assert_close(rows.confidence, ref.softmax(-1).max(-1).values)
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -48,6 +48,19 @@ def accept_blocks(
 ) -> torch.Tensor:  # committed [S, B] bool
     logits[..., mask_id] = -torch.inf
     tokens, conf = _choose(logits, sampling)  # [S, B] each
+    return commit_chosen(tokens, conf, block_ids, undecided, threshold, min_commit, edits)
+
+
+def commit_chosen(
+    tokens: torch.Tensor,  # [S, B] long: each position's candidate
+    conf: torch.Tensor,  # [S, B] fp32: its confidence
+    block_ids: torch.Tensor,  # [S, B] long, updated in place
+    undecided: torch.Tensor,  # [S, B] bool
+    threshold: torch.Tensor,  # [S] fp32
+    min_commit: torch.Tensor,  # [S] long
+    edits: EditBatch | None = None,
+) -> torch.Tensor:  # committed [S, B] bool
+    """The rule after the choice: edits, then threshold commits with the min-commit guard."""
     if edits is not None:
         edits.edited.copy_(edits.editable & ~undecided & (tokens != block_ids)
                            & (conf > edits.threshold[:, None]))
