@@ -1,7 +1,8 @@
-"""Joining the tensor-parallel group through torch.distributed's own rendezvous: rank 0 hosts a
-`TCPStore` (on `--dist-init-addr` across nodes, on a free loopback port on one node), every rank
-connects to it and `init_process_group` does the rest. The store exchanges only torch's own
-rendezvous keys; nothing unmask sends over it or over the group is ever unpickled.
+"""Joining the tensor-parallel group through torch.distributed's own rendezvous stores: on one
+node a `FileStore` in a private temporary directory (no network listener), across nodes a
+`TCPStore` that rank 0 hosts on `--dist-init-addr`; `init_process_group` does the rest. The
+store exchanges only torch's own rendezvous keys; nothing unmask sends over it or over the
+group is ever unpickled.
 
 Two groups over the same ranks: the default group carries the forward's collectives (NCCL on
 GPUs, gloo on CPUs); a gloo group carries control (`StepChannel`) and host-side agreements."""
@@ -33,8 +34,7 @@ class RankArgs:
 
     rank: int
     world_size: int
-    store_host: str
-    store_port: int
+    store: str  # file:///private/dir/store (one node) or tcp://HOST:PORT (rank 0's TCPStore)
     device: str  # this rank's device, e.g. cpu or cuda:1
     cpu_threads: int | None  # torch intra-op threads on a CPU rank
     config: str  # the EngineConfig (JSON) this rank plans from
@@ -55,12 +55,20 @@ def fingerprint(plan: StartupPlan, world_size: int) -> int:
     return int.from_bytes(hashlib.blake2b(what.encode(), digest_size=7).digest(), "little")
 
 
+def open_store(url: str, world_size: int, host: bool = False) -> dist.Store:
+    """The group's store: `file://PATH`, or `tcp://HOST:PORT` (`host`: rank 0 serves it)."""
+    if url.startswith("file://"):
+        return dist.FileStore(url.removeprefix("file://"), world_size)
+    host_name, _, port = url.removeprefix("tcp://").rpartition(":")
+    return dist.TCPStore(host_name, int(port), world_size, is_master=host,
+                         wait_for_workers=False, timeout=timedelta(seconds=JOIN_TIMEOUT_S))
+
+
 def join_group(args: RankArgs, plan: StartupPlan,
-               store: dist.TCPStore | None = None) -> tuple[TPGroup, StepChannel]:
+               store: dist.Store | None = None) -> tuple[TPGroup, StepChannel]:
     """Join (rank 0 passes the store it hosts); ValueError when the ranks' plans differ."""
     if store is None:
-        store = dist.TCPStore(args.store_host, args.store_port, args.world_size,
-                              is_master=False, timeout=timedelta(seconds=JOIN_TIMEOUT_S))
+        store = open_store(args.store, args.world_size)
     backend = "nccl" if args.device.startswith("cuda") else "gloo"
     dist.init_process_group(backend, store=store, rank=args.rank, world_size=args.world_size,
                             timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))

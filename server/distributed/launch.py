@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import timedelta
+import shutil
+import tempfile
+import threading
 
 import torch
-import torch.distributed as dist
 
 from server.config import EngineConfig
 from server.distributed.control import StepChannel
-from server.distributed.group import JOIN_TIMEOUT_S, RankArgs, join_group, leave_group
+from server.distributed.group import RankArgs, join_group, leave_group, open_store
 from server.distributed.ranks import RankProcesses
 from server.model.parallel import TPGroup
 from server.startup import StartupPlan, parse_addr
@@ -28,8 +29,7 @@ log = logging.getLogger(__name__)
 GRACE_S = 5.0
 
 
-def rank_args(cfg: EngineConfig, plan: StartupPlan, rank: int, host: str, port: int,
-              ) -> RankArgs:
+def rank_args(cfg: EngineConfig, plan: StartupPlan, rank: int, store: str) -> RankArgs:
     """Every node is assumed alike: rank r uses device (first + r % per_node) of its node,
     where `first` is the index of --device (cuda:K), and CPU ranks share the node's cores."""
     per_node = plan.ranks_per_node
@@ -38,15 +38,16 @@ def rank_args(cfg: EngineConfig, plan: StartupPlan, rank: int, host: str, port: 
     else:
         device = "cpu"
         threads = max(1, (cfg.cpu_threads or os.cpu_count() or 1) // per_node)
-    return RankArgs(rank, cfg.tensor_parallel_size, host, port, device, threads, cfg.to_json())
+    return RankArgs(rank, cfg.tensor_parallel_size, store, device, threads, cfg.to_json())
 
 
 class RankGroup:
     """Rank 0's handle on the group: its place (`tp`), the step channel, this node's ranks."""
 
     def __init__(self, tp: TPGroup, channel: StepChannel, procs: RankProcesses,
-                 device: torch.device) -> None:
+                 device: torch.device, private: str | None) -> None:
         self.tp, self.channel, self.procs, self.device = tp, channel, procs, device
+        self.private = private  # the one-node store's directory, removed on close
         self.broken: str | None = None  # why the group is broken, once it is
         self._closed = False
 
@@ -54,7 +55,6 @@ class RankGroup:
         """The watch thread: mark the group broken; end the process if the engine has not."""
         self.broken = reason
         log.error("tensor parallel group broken: %s", reason)
-        import threading
 
         def last_resort() -> None:
             log.error("engine did not exit %.0fs after the group broke; exiting", GRACE_S)
@@ -86,11 +86,17 @@ class RankGroup:
                 log.exception("could not tell the ranks to stop")
         self.procs.wait(timeout)
         leave_group()
+        self._forget_store()
 
     def abandon(self) -> None:
         """After a failure: kill this node's ranks now (the others see rank 0 gone)."""
         self._closed = True
         self.procs.kill()
+        self._forget_store()
+
+    def _forget_store(self) -> None:
+        if self.private is not None:
+            shutil.rmtree(self.private, ignore_errors=True)
 
 
 def start_group(cfg: EngineConfig, plan: StartupPlan) -> RankGroup:
@@ -103,25 +109,32 @@ def start_group(cfg: EngineConfig, plan: StartupPlan) -> RankGroup:
                              f"{first + per_node - 1}; {torch.cuda.device_count()} visible")
         device = torch.device("cuda", first)
         torch.cuda.set_device(device)
-    # one node: a store on a free loopback port; several: on --dist-init-addr
-    host, port = parse_addr(cfg.dist_init_addr) if cfg.dist_init_addr else ("127.0.0.1", 0)
-    store = dist.TCPStore(host, port, n, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=JOIN_TIMEOUT_S))
-    args = [rank_args(cfg, plan, r, host, store.port) for r in range(per_node)]
+    if cfg.nnodes == 1:  # nothing listens beyond loopback (unless the user chose otherwise)
+        private = tempfile.mkdtemp(prefix="unmask-tp-")  # mode 0700
+        url = f"file://{private}/store"
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    else:
+        host, port = parse_addr(cfg.dist_init_addr or "")
+        private, url = None, f"tcp://{host}:{port}"
+    store = open_store(url, n, host=True)
+    args = [rank_args(cfg, plan, r, url) for r in range(per_node)]
     if args[0].cpu_threads:
         torch.set_num_threads(args[0].cpu_threads)
     procs = RankProcesses(args[1:])
     procs.watch(_failed_to_start)  # rendezvous blocks; a local rank gone cannot end it
     try:
-        log.info("tensor parallel: %d ranks on %d node(s); store %s:%d; waiting for ranks "
-                 "1..%d", n, cfg.nnodes, host, store.port, n - 1)
+        log.info("tensor parallel: %d ranks on %d node(s); store %s; waiting for ranks 1..%d",
+                 n, cfg.nnodes, url, n - 1)
         tp, channel = join_group(args[0], plan, store)
-        group = RankGroup(tp, channel, procs, device)
+        group = RankGroup(tp, channel, procs, device, private)
         procs.on_exit = group.on_rank_exit
         return group
     except BaseException:
         procs.kill()
         leave_group()
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
         raise
 
 

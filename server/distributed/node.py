@@ -37,7 +37,7 @@ def run_node(cfg: EngineConfig) -> int:
     host, port = parse_addr(cfg.dist_init_addr)
     per_node = plan.ranks_per_node
     first = cfg.node_rank * per_node
-    procs = RankProcesses([rank_args(cfg, plan, r, host, port)
+    procs = RankProcesses([rank_args(cfg, plan, r, f"tcp://{host}:{port}")
                            for r in range(first, first + per_node)])
     log.info("node %d/%d: ranks %d..%d joining %s:%d (no HTTP API on this node)",
              cfg.node_rank, cfg.nnodes, first, first + per_node - 1, host, port)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -104,12 +103,13 @@ def test_serve_tp2(tiny_llada2_peaky: Path, single_texts: list[str]) -> None:
 
 def test_serve_two_nodes(tiny_llada2_peaky: Path, single_texts: list[str],
                          tmp_path: Path) -> None:
-    """`--nnodes 2` on one machine: node 1 (ranks only, no HTTP) and node 0 (API + rank 0)
-    as two `unmask serve` processes; text equals the single-process engine's, and SIGTERM to
-    node 0 ends node 1 too (its rank is told to stop over the control socket)."""
+    """`--tp 4 --nnodes 2` on one machine: node 1 (ranks 2-3, no HTTP) and node 0 (API, ranks
+    0-1) as two `unmask serve` processes joined through the TCPStore at --dist-init-addr;
+    four ranks on a model of 2 KV heads replicate them. Text equals the single-process
+    engine's, and SIGTERM to node 0 ends node 1 too (its ranks are told to stop)."""
     prompts, want = PROMPTS, single_texts
-    port = _free_port_pair()
-    group = ["--tensor-parallel-size", "2", "--nnodes", "2", "--dist-init-addr",
+    port = free_port()
+    group = ["--tensor-parallel-size", "4", "--nnodes", "2", "--dist-init-addr",
              f"127.0.0.1:{port}", "--num-pages", "256"]
     unmask = str(Path(sys.executable).parent / "unmask")
     with open(tmp_path / "node1.log", "w") as log:
@@ -140,11 +140,11 @@ def test_node_sigterm_stops_its_ranks(tiny_llada2: Path, tmp_path: Path) -> None
     with open(log, "w") as f:
         node1 = subprocess.Popen([unmask, "serve", str(tiny_llada2), "--tp", "2", "--nnodes",
                                   "2", "--node-rank", "1", "--dist-init-addr",
-                                  f"127.0.0.1:{_free_port_pair()}"],
+                                  f"127.0.0.1:{free_port()}"],
                                  stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
     while "joining" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)  # then its rank retries rank 0's control port
+        time.sleep(0.1)  # then its rank retries rank 0's store
     assert node1.poll() is None, log.read_text()
     node1.send_signal(signal.SIGTERM)
     try:
@@ -171,17 +171,6 @@ def test_inconsistent_topology_is_refused(tiny_llada2: Path,
     assert "needs --dist-init-addr" in capsys.readouterr().err
 
 
-def _free_port_pair() -> int:
-    """A port P with P and P + 1 free (the store and the control listener)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free pair of ports")
 
 
 def _session_pids(sid: int, needle: str) -> list[int]:
