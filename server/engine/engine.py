@@ -80,10 +80,9 @@ class Engine:
         plan = plan_startup(cfg)
         if plan.device.type == "cpu" and cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
-        self.group = start_group(cfg, plan) if cfg.tensor_parallel_size > 1 else None
-        self.runner = build_runner(cfg, plan, *(
-            (self.group.tp, self.group.device, self.group.channel.send_step)
-            if self.group else ()))
+        self.group = group = start_group(cfg, plan) if cfg.tensor_parallel_size > 1 else None
+        self.runner = (build_runner(cfg, plan, group.tp, group.device, group.channel.send_step)
+                       if group else build_runner(cfg, plan))
         self.mode, acceptance = build_mode(cfg, plan)
         pages = self.runner.kv.num_pages
         self.max_model_len = fit_context(plan.max_model_len, cfg.max_model_len is not None,
