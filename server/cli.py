@@ -221,8 +221,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "figure is 'simulated TPF'")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--tensor-parallel-size", "--tp", type=int, default=None,
-                   help="engine ranks (one process each; heads up to the KV-head count and "
-                        "experts split across them): NCCL on GPUs 0..N-1, gloo on CPU")
+                   help="engine ranks (one process each; heads, experts and vocabulary split "
+                        "across them, KV heads replicated beyond their count): NCCL on GPUs "
+                        "0..N-1, gloo on CPU")
     s.add_argument("--nnodes", type=int, default=None,
                    help="nodes the --tensor-parallel-size ranks are spread over (each runs "
                         "tp/nnodes; default 1)")
@@ -230,8 +231,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="this node (default 0): node 0 serves HTTP and runs rank 0, node k > 0 "
                         "runs its ranks only")
     s.add_argument("--dist-init-addr", default=None, metavar="HOST:PORT",
-                   help="node 0's address for the process group (needed with --nnodes > 1); "
-                        "rank 0 also listens on PORT+1 for the other nodes' control links")
+                   help="node 0's address for the process group's TCPStore (needed with "
+                        "--nnodes > 1; rank 0 listens on PORT)")
     s.add_argument("--tool-call-parser", default="auto",
                    help="tool-call format: auto (from the chat template), none, hermes, "
                         "llada2, ling")

@@ -105,7 +105,8 @@ def plan_startup(cfg: EngineConfig) -> StartupPlan:
     plan = StartupPlan(model_dir, mcfg, specials, device, dtype, max_model_len, block, editing,
                        posts, ranks_per_node)
     if cfg.cache.num_pages is not None or cfg.cache.kv_cache_memory is not None:
-        # a fixed budget is checkable before any device exists; each rank holds 1/tp of the heads
+        # a fixed budget is checkable before any device exists; each rank holds its share of
+        # the KV heads (one, replicated, beyond the KV-head count)
         pages = kv_pages(cfg, mcfg, cfg.tensor_parallel_size, page_size, dtype, device)
         plan = dataclasses.replace(plan, max_model_len=fit_context(
             max_model_len, cfg.max_model_len is not None, pages, page_size))

@@ -49,8 +49,8 @@ class DrainingServer(uvicorn.Server):
                 log.error("the engine is gone: failing in-flight requests, then exiting")
                 self.engine_died_at = now
             waited = now - self.engine_died_at
-            return waited > ENGINE_DEAD_LINGER_S and not self.state.in_flight or \
-                waited > 3 * ENGINE_DEAD_LINGER_S
+            return ((waited > ENGINE_DEAD_LINGER_S and not self.state.in_flight)
+                    or waited > 3 * ENGINE_DEAD_LINGER_S)
         return False
 
     def _start_drain(self) -> None:

@@ -104,7 +104,8 @@ async def stream(shape: Shape, choices: list[Choice], events: AsyncIterator[Even
     try:
         async for ev in events:
             c = ev.choice
-            text, calls = ev.text, list[ToolCallDelta]()
+            text = ev.text
+            calls: list[ToolCallDelta] = []
             if c.tool_stream is not None:
                 text, calls = c.tool_stream.feed(ev.text, final=ev.finished)
             if text or (shape.ids and ev.token_ids) or (shape.logprobs and ev.logprobs):

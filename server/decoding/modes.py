@@ -17,10 +17,18 @@ from server.core import (
     Logits,
     Segment,
     Sequence,
-    TokenLogprob,
 )
-from server.grammar.accept import RowSampling, accept_in_order
-from unmask_kernels import EditBatch, SamplingBatch, accept_blocks, commit_chosen
+from server.decoding.logits import (
+    plain_greedy,
+    process_logits,
+    record_logprobs,
+    record_prompt_logprobs,
+    row_sampling,
+    sampling_batch,
+    wants_prompt_logprobs,
+)
+from server.grammar.accept import accept_in_order
+from unmask_kernels import EditBatch, accept_blocks, commit_chosen
 
 AcceptFn = Callable[..., torch.Tensor]  # `accept_blocks`' signature: committed [S, B] bool
 
@@ -56,83 +64,6 @@ class DecodeMode(Protocol):
     def advance(self, seq: Sequence) -> bool:
         """Called after a step when the sequence goes on; True if a block was completed."""
         ...
-
-
-def plain_greedy(seq: Sequence) -> bool:
-    """Greedy with nothing that needs the logit rows themselves: no grammar, logit bias,
-    min_tokens ban or log-probabilities."""
-    p = seq.params
-    return (p.greedy and seq.grammar is None and not p.logit_bias and not p.min_tokens
-            and p.logprobs is None)
-
-
-def _row_sampling(seq: Sequence) -> RowSampling | None:
-    p = seq.params
-    return None if p.greedy else RowSampling(p.temperature, p.top_k, p.top_p, seq.generator)
-
-
-def _sampling(seqs: list[Sequence]) -> SamplingBatch | None:
-    if all(s.params.greedy for s in seqs):
-        return None
-    return SamplingBatch(
-        temperature=[s.params.temperature for s in seqs],
-        top_k=[s.params.top_k for s in seqs],
-        top_p=[s.params.top_p for s in seqs],
-        generators=[s.generator for s in seqs],
-    )
-
-
-def record_logprobs(seqs: list[Sequence], logits: torch.Tensor, written: list[list[int]],
-                    mask_id: int | None) -> None:
-    """For rows that asked for logprobs: the log-softmax of `logits` [S, N, V] (mask id
-    excluded) at each written position (row i: offsets `written[i]` into its N rows), for the
-    token now there, and its top alternatives, kept in `Sequence.logprob_at`.
-    Only those rows pay: one log-softmax and top-k over their written positions."""
-    want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None and written[i]]
-    if not want:
-        return
-    dev = logits.device
-    row = torch.tensor([i for i in want for _ in written[i]], device=dev)
-    off = torch.tensor([o for i in want for o in written[i]], device=dev)
-    lp = logits[row, off].float()  # [W, V]: written positions of requesting rows
-    if mask_id is not None:
-        lp[:, mask_id] = -torch.inf
-    lp = lp.log_softmax(-1)
-    toks = [seqs[i].token_at(o) for i in want for o in written[i]]
-    chosen = lp.gather(1, torch.tensor(toks, device=dev)[:, None])[:, 0]  # [W]
-    k = max(seqs[i].params.logprobs or 0 for i in want)
-    top_v, top_i = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())  # [W, k]
-    host = torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1).tolist()  # one read
-    j = 0
-    for i in want:
-        seq, n = seqs[i], seqs[i].params.logprobs or 0
-        for o in written[i]:
-            vals = host[j]
-            top = tuple((int(t), v) for t, v in zip(vals[1 + k : 1 + k + n], vals[1 : 1 + n],
-                                                    strict=True))
-            seq.logprob_at[seq.pos_of(o)] = TokenLogprob(toks[j], vals[0], top)
-            j += 1
-
-
-def process_logits(seqs: list[Sequence], logits: torch.Tensor, firsts: list[int],
-                   stop_ids: frozenset[int]) -> None:
-    """In place, before acceptance, for rows that ask: `logit_bias` added at every position;
-    EOS and stop ids made impossible (−inf) at positions whose output index is below
-    `min_tokens`. logits [S, N, V]; row i's offset o predicts absolute position firsts[i] + o."""
-    for i, (seq, first) in enumerate(zip(seqs, firsts, strict=True)):
-        p = seq.params
-        if p.logit_bias:
-            ids = torch.tensor([t for t, _ in p.logit_bias], device=logits.device)
-            bias = torch.tensor([b for _, b in p.logit_bias], dtype=logits.dtype,
-                                device=logits.device)
-            logits[i, :, ids] += bias
-        if p.min_tokens:
-            early = [o for o in range(logits.shape[1])
-                     if first + o - seq.prompt_len < p.min_tokens]
-            stops = sorted((set() if p.ignore_eos else stop_ids) | set(p.stop_token_ids))
-            if early and stops:
-                rows = torch.tensor(early, device=logits.device)
-                logits[i, rows[:, None], torch.tensor(stops, device=logits.device)] = -torch.inf
 
 
 def oracle_commits(tpf: float, step: int) -> int:
@@ -270,7 +201,7 @@ class BlockDiffusion:
             assert logits is not None
             committed = self.accept_fn(logits, blocks, undecided, threshold=threshold,
                                        min_commit=min_commit, mask_id=self.mask_id,
-                                       sampling=_sampling(seqs), edits=edits)
+                                       sampling=sampling_batch(seqs), edits=edits)
         edited = edits.edited if edits is not None else torch.zeros_like(committed)
         rows = torch.cat([blocks, committed.sum(1, keepdim=True), edited.sum(1, keepdim=True)],
                          dim=1).tolist()  # [S, B + 2]: the step's one host read
@@ -297,7 +228,7 @@ class BlockDiffusion:
         logits[:, self.mask_id] = -torch.inf
         p = seq.params
         n = accept_in_order(logits[first:], seq.block, first, seq.grammar,
-                            self._threshold(seq), p.min_commit, _row_sampling(seq))
+                            self._threshold(seq), p.min_commit, row_sampling(seq))
         if seq.grammar.terminated:
             seq.grammar = None  # complete: anything after its stop token is unconstrained
         return n
@@ -336,30 +267,6 @@ class BlockDiffusion:
         return True
 
 
-PROMPT_LOGPROB_CHUNK = 1024  # rows of vocabulary-wide fp32 work at a time
-
-
-def _wants_prompt_logprobs(seq: Sequence) -> bool:
-    return seq.params.prompt_logprobs is not None and seq.prompt_logprobs is None
-
-
-def _record_prompt_logprobs(seq: Sequence, logits: torch.Tensor) -> None:
-    """logits [P-1, V]: row i is the next-token distribution after prompt token i."""
-    n = seq.params.prompt_logprobs or 0
-    ids = torch.tensor(seq.req.prompt_ids[1:], device=logits.device)
-    host: list[list[float]] = []
-    for lo in range(0, logits.shape[0], PROMPT_LOGPROB_CHUNK):  # bounded fp32 copies
-        lp = logits[lo : lo + PROMPT_LOGPROB_CHUNK].float().log_softmax(-1)
-        chosen = lp.gather(1, ids[lo : lo + PROMPT_LOGPROB_CHUNK, None])[:, 0]
-        top_v, top_i = lp.topk(n, dim=-1) if n else (lp[:, :0], lp[:, :0].long())
-        host += torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1).tolist()
-    entries: list[TokenLogprob | None] = [None]
-    for t, vals in zip(seq.req.prompt_ids[1:], host, strict=True):
-        top = tuple((int(i), v) for i, v in zip(vals[1 + n :], vals[1 : 1 + n], strict=True))
-        entries.append(TokenLogprob(t, vals[0], top))
-    seq.prompt_logprobs = entries
-
-
 class Autoregressive:
     """One token per step at the last position; causal attention; pages fill one slot a step."""
 
@@ -373,17 +280,17 @@ class Autoregressive:
                         block_start=len(req.prompt_ids))
 
     def num_final(self, seq: Sequence) -> int:
-        if _wants_prompt_logprobs(seq):
+        if wants_prompt_logprobs(seq):
             return 0  # the whole prompt is forwarded once, with logits (no prefix reuse)
         return len(seq.tokens) - 1  # the last token is forwarded to produce the next logits
 
     def segment(self, seq: Sequence) -> Segment:
         end = len(seq.tokens)
-        first = seq.num_cached if _wants_prompt_logprobs(seq) else end - 1
+        first = seq.num_cached if wants_prompt_logprobs(seq) else end - 1
         return Segment(seq, seq.num_cached, end, logits_start=first, cache_end=end)
 
     def greedy_suffices(self, segments: list[Segment]) -> bool:
-        return all(plain_greedy(s.seq) and not _wants_prompt_logprobs(s.seq) for s in segments)
+        return all(plain_greedy(s.seq) and not wants_prompt_logprobs(s.seq) for s in segments)
 
     def accept(self, segments: list[Segment], logits: Logits) -> list[int]:
         """logits [rows, V]: one row per segment, or a whole prompt's for a sequence that
@@ -399,14 +306,14 @@ class Autoregressive:
             start = 0
             for seg, r in zip(segments, rows, strict=True):
                 if r > 1:
-                    _record_prompt_logprobs(seg.seq, logits[start : start + r - 1])
+                    record_prompt_logprobs(seg.seq, logits[start : start + r - 1])
                 start += r
             logits = logits[last]  # [S, V]: the next-token rows
         seqs = [s.seq for s in segments]
         for s in seqs:
-            if _wants_prompt_logprobs(s) and s.prompt_len == 1:
+            if wants_prompt_logprobs(s) and s.prompt_len == 1:
                 s.prompt_logprobs = [None]  # a one-token prompt has nothing to predict
-        sampling = _sampling(seqs)
+        sampling = sampling_batch(seqs)
         process_logits(seqs, logits[:, None], [len(s.tokens) for s in seqs],
                        self.eos_ids)  # [S, 1, V] view: in place
         tokens = logits.argmax(-1)  # [S]
@@ -414,7 +321,7 @@ class Autoregressive:
             if s.grammar is not None:  # one grammatical token (AR is in order by nature)
                 ids = [0]
                 accept_in_order(logits[i : i + 1], ids, 0, s.grammar, threshold=1.0,
-                                min_commit=1, sampling=_row_sampling(s))
+                                min_commit=1, sampling=row_sampling(s))
                 tokens[i] = ids[0]
                 if s.grammar.terminated:
                     s.grammar = None

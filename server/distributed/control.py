@@ -1,11 +1,13 @@
 """`StepChannel`: rank 0 → the other ranks, over a gloo group of torch.distributed. Each message
 is a fixed header broadcast (int64 [HEADER]) and, for a step, one int64 payload broadcast that
 packs the `ForwardBatch` tensors: plain integers on the wire, nothing unpickled. The channel's
-group has its own timeout; rank 0 sends a keep-alive while idle so waiting ranks never reach it.
+group has its own (long) timeout; rank 0 sends a keep-alive whenever it has been silent a
+second, so a waiting rank also learns early when rank 0's connection is gone.
 A rank whose peer process died gets an error from gloo (connection closed) and exits."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -20,6 +22,7 @@ STOP, STEP, KEEPALIVE = 0, 1, 2
 class StepChannel:
     def __init__(self, group: Any, rank: int) -> None:
         self.group, self.rank = group, rank
+        self.last_sent = time.monotonic()  # rank 0: when it last broadcast anything
 
     # -- rank 0 ---------------------------------------------------------------------------
     def send_step(self, fb: ForwardBatch) -> None:
@@ -60,3 +63,4 @@ class StepChannel:
 
     def _bcast(self, t: torch.Tensor) -> None:
         dist.broadcast(t, src=0, group=self.group)
+        self.last_sent = time.monotonic()

@@ -25,7 +25,7 @@ from server.startup import StartupPlan
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 600.0  # every rank must reach the store and join within this
 COLLECTIVE_TIMEOUT_S = 600.0  # one collective of a forward
-CONTROL_TIMEOUT_S = 600.0  # a rank waiting for rank 0 (which keeps it alive while idle)
+CONTROL_TIMEOUT_S = 86400.0  # a rank waiting for rank 0's next message (idle engines wait)
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,12 @@ class RankArgs:
 
 
 def fingerprint(plan: StartupPlan, world_size: int) -> int:
-    """A hash of everything every rank must agree on: the checkpoint's configuration, dtype,
-    context length, page size and group size. Ranks planning differently refuse to start."""
-    what = json.dumps([asdict(plan.mcfg), str(plan.dtype), plan.max_model_len, plan.page_size,
-                       world_size], sort_keys=True, default=str)
+    """A hash of everything every rank must agree on: the checkpoint's configuration and
+    special ids, dtype, context length, block and page size, group size. Ranks planning
+    differently refuse to start."""
+    what = json.dumps([asdict(plan.mcfg), asdict(plan.specials), str(plan.dtype),
+                       plan.max_model_len, plan.block_size, plan.page_size, world_size],
+                      sort_keys=True, default=str)
     return int.from_bytes(hashlib.blake2b(what.encode(), digest_size=7).digest(), "little")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -17,6 +18,7 @@ import torch
 from server.config import EngineConfig
 from server.distributed.group import RankArgs, join_group, leave_group
 from server.runner.builder import build_runner
+from server.runner.model_runner import ModelRunner
 from server.startup import plan_startup
 
 log = logging.getLogger("server.distributed.worker")  # also when run as __main__
@@ -32,7 +34,7 @@ def serve_rank(args: RankArgs) -> None:
     plan = plan_startup(cfg)
     tp, channel = join_group(args, plan)
     runner = build_runner(cfg, plan, tp, device)
-    assert hasattr(runner, "run")  # ranks > 0 run eagerly (no graph wrapper under TP)
+    assert isinstance(runner, ModelRunner)  # no graph wrapper under tensor parallelism
     log.info("tensor-parallel rank %d/%d ready on %s", args.rank, args.world_size, device)
     while (fb := channel.recv()) is not None:
         runner.run(fb.to(device))  # K/V into this rank's pages; collectives inside
@@ -48,6 +50,7 @@ def _exit_with_parent() -> None:
 def main() -> None:
     logging.basicConfig(level=os.environ.get("UNMASK_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: rank 0 stops it
     line = b""
     while not line.endswith(b"\n"):  # unbuffered: what follows on stdin is only end-of-file
         chunk = os.read(0, 1)

@@ -74,13 +74,27 @@ def engine_info(plan: StartupPlan, max_model_len: int, num_pages: int, attention
 
 
 class Engine:
-    def __init__(self, cfg: EngineConfig) -> None:
+    """`owns_process`: the engine runs in a process of its own (the engine process), which a
+    broken tensor-parallel group may end as a last resort (`server.distributed.launch`)."""
+
+    def __init__(self, cfg: EngineConfig, owns_process: bool = False) -> None:
         t0 = time.perf_counter()
         self.cfg = cfg
         plan = plan_startup(cfg)
         if plan.device.type == "cpu" and cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
-        self.group = group = start_group(cfg, plan) if cfg.tensor_parallel_size > 1 else None
+        self.group = group = (start_group(cfg, plan, owns_process)
+                              if cfg.tensor_parallel_size > 1 else None)
+        try:
+            self._build(cfg, plan)
+        except BaseException:
+            if group is not None:
+                group.abandon()
+            raise
+        log.info("engine ready in %.1fs: %s", time.perf_counter() - t0, self.info)
+
+    def _build(self, cfg: EngineConfig, plan: StartupPlan) -> None:
+        group = self.group
         self.runner = (build_runner(cfg, plan, group.tp, group.device, group.channel.send_step)
                        if group else build_runner(cfg, plan))
         self.mode, acceptance = build_mode(cfg, plan)
@@ -95,7 +109,6 @@ class Engine:
         self._rng = random.Random(cfg.seed)
         self.info = engine_info(plan, self.max_model_len, pages, self.runner.backend.name,
                                 acceptance)
-        log.info("engine ready in %.1fs: %s", time.perf_counter() - t0, self.info)
 
     # -- the rank group -------------------------------------------------------------------
     @property
@@ -103,10 +116,10 @@ class Engine:
         return self.group.tp.size if self.group else 1
 
     def tick(self) -> None:
-        """Called while idle (every `TICK_S`): keeps the other ranks' wait alive; raises once
-        the group is broken."""
+        """Called between steps and while idle (at least every `TICK_S`): keeps the other
+        ranks' wait alive; raises once the group is broken."""
         if self.group is not None:
-            self.group.keepalive()
+            self.group.tick()
 
     def close(self, failed: bool = False) -> None:
         """Stop the other ranks (killed when `failed`); single process: nothing to do."""

@@ -103,31 +103,40 @@ class LocalInbox:
 
 
 def run_host(make_engine: Callable[[], Engine], inbox: Inbox, emit: Emit) -> int:
-    """Build the engine, serve `inbox` until `Shutdown`; the exit status (1: broken)."""
+    """Build the engine, serve `inbox` until `Shutdown` (or the inbox closes: its sender is
+    gone); the exit status (1: broken)."""
     try:
         engine = make_engine()
-    except Exception as e:  # noqa: BLE001 - reported; the handle raises it
+    except BaseException as e:  # reported; the handle raises it
         log.exception("engine start-up failed")
         emit(StartFailed(f"{type(e).__name__}: {e}"))
+        if not isinstance(e, Exception):
+            raise
         return 1
     emit(Ready(engine.info))
+    try:
+        return _serve(engine, inbox, emit)
+    except BaseException:  # e.g. the results pipe broke: stop the ranks, then go
+        engine.close(failed=True)
+        raise
+
+
+def _serve(engine: Engine, inbox: Inbox, emit: Emit) -> int:
     idle_wait = TICK_S if engine.world_size > 1 else None
     while True:
-        busy = engine.has_work()
         try:
-            if inbox.poll(0 if busy else idle_wait):
-                while True:
-                    msg = inbox.recv()
-                    if isinstance(msg, Shutdown):
-                        engine.close()
-                        return 0
-                    if (out := _handle(engine, msg)) is not None:
-                        emit(Outputs([out], engine.snapshot()))
-                    if not inbox.poll(0):
-                        break
-            elif not busy:
-                engine.tick()
-                continue
+            msgs = _receive(inbox, 0 if engine.has_work() else idle_wait)
+        except (EOFError, OSError):  # the sending side is gone: nobody waits for results
+            engine.close()
+            return 0
+        for msg in msgs:
+            if isinstance(msg, Shutdown):
+                engine.close()
+                return 0
+            if (out := _handle(engine, msg)) is not None:
+                emit(Outputs([out], engine.snapshot()))
+        try:
+            engine.tick()
             if engine.has_work():
                 result = engine.step()
                 emit(Outputs(result.outputs, result.stats))
@@ -143,15 +152,34 @@ def run_host(make_engine: Callable[[], Engine], inbox: Inbox, emit: Emit) -> int
             emit(Outputs(engine.fail_all("internal engine error"), None))
 
 
+def _receive(inbox: Inbox, timeout: float | None) -> list[Inbound]:
+    """Everything waiting in `inbox`, after waiting up to `timeout` (None: for ever) for one."""
+    msgs: list[Inbound] = []
+    if inbox.poll(timeout):
+        msgs.append(inbox.recv())
+        while inbox.poll(0):
+            msgs.append(inbox.recv())
+    return msgs
+
+
 def _handle(engine: Engine, msg: AddRequest | AbortRequest) -> EngineOutput | None:
+    """Never raises: a message's failure is that request's alone (no collective is involved)."""
     if isinstance(msg, AddRequest):
         try:
             engine.add_request(msg.req)
         except ValueError as e:  # add_request's contract: the request's fault, nothing queued
             return EngineOutput(msg.req.rid, [], True, FinishReason.ERROR, str(e),
                                 bad_request=True)
+        except Exception:  # noqa: BLE001 - logged; the request fails, the engine goes on
+            log.exception("adding request %s failed", msg.req.rid)
+            return EngineOutput(msg.req.rid, [], True, FinishReason.ERROR,
+                                "internal engine error")
         return None
-    return engine.abort(msg.rid)
+    try:
+        return engine.abort(msg.rid)
+    except Exception:  # noqa: BLE001
+        log.exception("aborting request %s failed", msg.rid)
+        return None
 
 
 OnStep = Callable[[list[EngineOutput], StepStats | None], None]

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,11 +62,25 @@ def engine_config(model: str, **kw: Any) -> EngineConfig:
 
 
 class LLM:
+    """With `tensor_parallel_size` > 1 the other ranks are processes of their own: `close()`
+    (or `with LLM(...) as llm:`) stops them; they are stopped at interpreter exit otherwise."""
+
     def __init__(self, model: str, **engine_options: Any) -> None:
         from server.model.tokenizer import load_tokenizer
 
         self.engine = Engine(engine_config(model, **engine_options))
+        self._finalizer = weakref.finalize(self, self.engine.close)
         self.tokenizer = load_tokenizer(self.engine.info.model_dir)
+
+    def close(self) -> None:
+        """Stop the engine's other ranks, if any (idempotent)."""
+        self._finalizer()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def generate(self, prompts: Prompt | Seq[Prompt],
                  params: SamplingParams | Seq[SamplingParams] | None = None

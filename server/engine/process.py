@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import signal
 import sys
 import threading
 from multiprocessing.connection import Connection
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 def _engine_main(cfg: EngineConfig, inbox: Connection, outbox: Connection) -> None:
     from server.engine.engine import Engine
 
-    sys.exit(run_host(lambda: Engine(cfg), inbox, outbox.send))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the API process drains, then sends Shutdown
+    sys.exit(run_host(lambda: Engine(cfg, owns_process=True), inbox, outbox.send))
 
 
 class EngineProcess:
@@ -90,7 +92,7 @@ class EngineProcess:
     def is_alive(self) -> bool:
         return self.proc.is_alive() and self.failed is None
 
-    def shutdown(self, timeout: float = 10) -> None:
+    def shutdown(self, timeout: float = 30) -> None:
         with contextlib.suppress(BrokenPipeError, OSError):
             self._send(Shutdown())
         self.proc.join(timeout)

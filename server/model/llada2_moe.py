@@ -141,6 +141,7 @@ class Ling2MoeForward(nn.Module):
         slice and rank 0 gathers [R, 3] per rank instead of [R, Vp]: a collective like
         `compute_logits`; ranks other than 0 get None."""
         V = self.cfg.vocab_size
+        assert V < 1 << 24  # token ids travel as fp32 in the gathered [R, 3]: exact below 2^24
         local = self.lm_head(self.model.norm(hidden)).float()  # [R, Vp]
         first = self.tp.rank * local.shape[1]  # vocabulary id of column 0
         local[:, max(0, V - first):] = -torch.inf  # the last shard's padding

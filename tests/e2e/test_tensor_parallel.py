@@ -27,24 +27,29 @@ from tests.e2e.engine_harness import make_engine, make_prompt, run
 from tests.e2e.server_harness import RemoteServer, free_port
 
 
-def _requests(model_dir: Path) -> list[tuple]:
+def _requests(model_dir: Path, diffusion: bool) -> list[tuple]:
     # prompts inside one page, on a page boundary and across several; staggered arrivals.
     # Steps of plain greedy rows gather only each row's argmax/max/log-sum-exp; the request
     # with logprobs makes its steps gather whole logit rows.
     return [(f"r{i}", make_prompt(model_dir, P, seed=10 + i), SamplingParams(max_tokens=m))
             for i, (P, m) in enumerate([(1, 33), (31, 40), (32, 64), (70, 45), (100, 20)])] + [
-        ("lp", make_prompt(model_dir, 40, seed=20), SamplingParams(max_tokens=30, logprobs=2))]
+        ("lp", make_prompt(model_dir, 40, seed=20), SamplingParams(max_tokens=30, logprobs=2))
+    ] + ([("edit", make_prompt(model_dir, 12, seed=21),  # LLaDA2.1 editing under TP too
+           SamplingParams(max_tokens=40, editing_threshold=0.5))] if diffusion else [])
 
 
-@pytest.mark.parametrize(("weights", "tp"), [("tiny_llada2_peaky", 2), ("tiny_ling2", 2),
-                                              ("tiny_llada2_peaky", 4), ("tiny_ling2", 4)])
-def test_tp_greedy_equals_tp1(weights: str, tp: int, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(("weights", "tp", "options"), [
+    ("tiny_llada2_peaky", 2, {}), ("tiny_ling2", 2, {}), ("tiny_llada2_peaky", 4, {}),
+    ("tiny_ling2", 4, {}), ("tiny_llada2_peaky", 2, {"simulate_tpf": 2.5})])
+def test_tp_greedy_equals_tp1(weights: str, tp: int, options: dict,
+                              request: pytest.FixtureRequest) -> None:
     model_dir: Path = request.getfixturevalue(weights)
     mcfg = ModelConfig.from_file(model_dir / "config.json")
     assert mcfg.num_key_value_heads == 2  # so TP 4 replicates each KV head on two ranks
-    reqs = _requests(model_dir)
-    single = run(make_engine(model_dir, max_running_requests=4), reqs, stagger=2)
-    engine = make_engine(model_dir, max_running_requests=4, tensor_parallel_size=tp)
+    reqs = _requests(model_dir, mcfg.mode == "diffusion")
+    single = run(make_engine(model_dir, max_running_requests=4, **options), reqs, stagger=2)
+    engine = make_engine(model_dir, max_running_requests=4, tensor_parallel_size=tp,
+                         **options)
     try:
         # rank 0 really holds its share: KV heads (one, replicated, beyond 2 ranks),
         # attention heads, routed experts and vocabulary rows
@@ -222,3 +227,18 @@ def test_rank_failure_ends_the_server(failure: str, tiny_llada2: Path) -> None:
     while _session_pids(srv.proc.pid, "python") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _session_pids(srv.proc.pid, "python") == [], "a rank outlived the failed server"
+
+
+def test_offline_llm_tp2_closes_its_ranks(tiny_llada2_peaky: Path,
+                                          single_texts: list[str]) -> None:
+    """`with LLM(..., tensor_parallel_size=2)`: same text as one rank; leaving the block stops
+    rank 1 and removes the group's private store directory."""
+    with LLM(str(tiny_llada2_peaky), device="cpu", num_pages=256,
+             tensor_parallel_size=2) as llm:
+        got = [o.text for o in llm.generate(PROMPTS, SamplingParams(max_tokens=40))]
+        group = llm.engine.group
+        assert group is not None and group.private is not None
+        procs, private = list(group.procs.procs.values()), Path(group.private)
+        assert private.is_dir() and all(p.poll() is None for p in procs)
+    assert got == single_texts
+    assert all(p.poll() == 0 for p in procs) and not private.exists()

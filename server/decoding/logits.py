@@ -1,0 +1,112 @@
+"""What a step does with logit rows besides choosing tokens: the per-request logit processing
+(`logit_bias`, the `min_tokens` ban), sampling parameters in batch form, and the
+log-probabilities requests asked for; `plain_greedy` says when a row needs none of it."""
+
+from __future__ import annotations
+
+import torch
+
+from server.core import Sequence, TokenLogprob
+from server.grammar.accept import RowSampling
+from unmask_kernels import SamplingBatch
+
+
+def plain_greedy(seq: Sequence) -> bool:
+    """Greedy with nothing that needs the logit rows themselves: no grammar, logit bias,
+    min_tokens ban or log-probabilities."""
+    p = seq.params
+    return (p.greedy and seq.grammar is None and not p.logit_bias and not p.min_tokens
+            and p.logprobs is None)
+
+
+def row_sampling(seq: Sequence) -> RowSampling | None:
+    p = seq.params
+    return None if p.greedy else RowSampling(p.temperature, p.top_k, p.top_p, seq.generator)
+
+
+def sampling_batch(seqs: list[Sequence]) -> SamplingBatch | None:
+    if all(s.params.greedy for s in seqs):
+        return None
+    return SamplingBatch(
+        temperature=[s.params.temperature for s in seqs],
+        top_k=[s.params.top_k for s in seqs],
+        top_p=[s.params.top_p for s in seqs],
+        generators=[s.generator for s in seqs],
+    )
+
+
+def record_logprobs(seqs: list[Sequence], logits: torch.Tensor, written: list[list[int]],
+                    mask_id: int | None) -> None:
+    """For rows that asked for logprobs: the log-softmax of `logits` [S, N, V] (mask id
+    excluded) at each written position (row i: offsets `written[i]` into its N rows), for the
+    token now there, and its top alternatives, kept in `Sequence.logprob_at`.
+    Only those rows pay: one log-softmax and top-k over their written positions."""
+    want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None and written[i]]
+    if not want:
+        return
+    dev = logits.device
+    row = torch.tensor([i for i in want for _ in written[i]], device=dev)
+    off = torch.tensor([o for i in want for o in written[i]], device=dev)
+    lp = logits[row, off].float()  # [W, V]: written positions of requesting rows
+    if mask_id is not None:
+        lp[:, mask_id] = -torch.inf
+    lp = lp.log_softmax(-1)
+    toks = [seqs[i].token_at(o) for i in want for o in written[i]]
+    chosen = lp.gather(1, torch.tensor(toks, device=dev)[:, None])[:, 0]  # [W]
+    k = max(seqs[i].params.logprobs or 0 for i in want)
+    top_v, top_i = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())  # [W, k]
+    host = torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1).tolist()  # one read
+    j = 0
+    for i in want:
+        seq, n = seqs[i], seqs[i].params.logprobs or 0
+        for o in written[i]:
+            vals = host[j]
+            top = tuple((int(t), v) for t, v in zip(vals[1 + k : 1 + k + n], vals[1 : 1 + n],
+                                                    strict=True))
+            seq.logprob_at[seq.pos_of(o)] = TokenLogprob(toks[j], vals[0], top)
+            j += 1
+
+
+def process_logits(seqs: list[Sequence], logits: torch.Tensor, firsts: list[int],
+                   stop_ids: frozenset[int]) -> None:
+    """In place, before acceptance, for rows that ask: `logit_bias` added at every position;
+    EOS and stop ids made impossible (−inf) at positions whose output index is below
+    `min_tokens`. logits [S, N, V]; row i's offset o predicts absolute position firsts[i] + o."""
+    for i, (seq, first) in enumerate(zip(seqs, firsts, strict=True)):
+        p = seq.params
+        if p.logit_bias:
+            ids = torch.tensor([t for t, _ in p.logit_bias], device=logits.device)
+            bias = torch.tensor([b for _, b in p.logit_bias], dtype=logits.dtype,
+                                device=logits.device)
+            logits[i, :, ids] += bias
+        if p.min_tokens:
+            early = [o for o in range(logits.shape[1])
+                     if first + o - seq.prompt_len < p.min_tokens]
+            stops = sorted((set() if p.ignore_eos else stop_ids) | set(p.stop_token_ids))
+            if early and stops:
+                rows = torch.tensor(early, device=logits.device)
+                logits[i, rows[:, None], torch.tensor(stops, device=logits.device)] = -torch.inf
+
+
+PROMPT_LOGPROB_CHUNK = 1024  # rows of vocabulary-wide fp32 work at a time
+
+
+def wants_prompt_logprobs(seq: Sequence) -> bool:
+    return seq.params.prompt_logprobs is not None and seq.prompt_logprobs is None
+
+
+def record_prompt_logprobs(seq: Sequence, logits: torch.Tensor) -> None:
+    """logits [P-1, V]: row i is the next-token distribution after prompt token i."""
+    n = seq.params.prompt_logprobs or 0
+    ids = torch.tensor(seq.req.prompt_ids[1:], device=logits.device)
+    host: list[list[float]] = []
+    for lo in range(0, logits.shape[0], PROMPT_LOGPROB_CHUNK):  # bounded fp32 copies
+        lp = logits[lo : lo + PROMPT_LOGPROB_CHUNK].float().log_softmax(-1)
+        chosen = lp.gather(1, ids[lo : lo + PROMPT_LOGPROB_CHUNK, None])[:, 0]
+        top_v, top_i = lp.topk(n, dim=-1) if n else (lp[:, :0], lp[:, :0].long())
+        host += torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1).tolist()
+    entries: list[TokenLogprob | None] = [None]
+    for t, vals in zip(seq.req.prompt_ids[1:], host, strict=True):
+        top = tuple((int(i), v) for i, v in zip(vals[1 + n :], vals[1 : 1 + n], strict=True))
+        entries.append(TokenLogprob(t, vals[0], top))
+    seq.prompt_logprobs = entries
