@@ -122,6 +122,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # AR only: each prompt token's logprob (+ this many top)
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) added before acceptance
     min_tokens: int = 0  # EOS and stop ids cannot be written at output indices below this
+    canvas: bool = False  # report the active block after every step (`CanvasFrame`; diffusion)
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -252,6 +253,9 @@ class Sequence:
     # with params.prompt_logprobs (AR): one per prompt token, None for the first; sent once
     prompt_logprobs: list[TokenLogprob | None] | None = None
     prompt_logprobs_sent: bool = False
+    # with params.canvas: each cell's confidence when last written, and this step's changes
+    canvas_confidence: list[float | None] | None = None
+    canvas_changes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # (committed, edited)
     generator: torch.Generator | None = None  # per-request sampler state (seeded requests)
     grammar: GrammarCursor | None = None  # set when the compiled grammar is ready
     finish_reason: FinishReason | None = None
@@ -343,6 +347,24 @@ class EngineOutput:
     bad_request: bool = False  # the error is the request's fault (the API answers 400)
     logprobs: list[TokenLogprob] | None = None  # one per new token, with params.logprobs
     prompt_logprobs: list[TokenLogprob | None] | None = None  # AR, with the first output
+    canvas: CanvasFrame | None = None  # with params.canvas: the active block after this step
+
+
+@dataclass(frozen=True, slots=True)
+class CanvasFrame:
+    """A request's active block after one step (the playground's view of diffusion decoding).
+    Offsets index the block: cell o is absolute position block_start + o."""
+
+    block_start: int
+    tokens: tuple[int | None, ...]  # [B]: None = still masked
+    committed: tuple[int, ...]  # offsets unmasked this step
+    edited: tuple[int, ...]  # offsets rewritten this step (LLaDA2.1 editing)
+    # [B]: the model's probability (temperature 1) of each generated cell's token when it was
+    # last written; None for masked and prompt cells
+    confidence: tuple[float | None, ...]
+    step: int  # forwards spent on this block, 1-based
+    forwards: int  # forwards spent on the request so far
+    block_done: bool  # this step completed the block
 
 
 @dataclass(slots=True)

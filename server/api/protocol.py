@@ -57,6 +57,8 @@ def _has_surrogate(data: Any) -> bool:
 
 class StreamOptions(OpenAIModel):
     include_usage: bool = False
+    # extension (docs/playground.md): each step's active block on the choice, as `canvas`
+    include_canvas: bool = False
 
 
 class SamplingFields(OpenAIModel):

@@ -108,10 +108,12 @@ async def stream(shape: Shape, choices: list[Choice], events: AsyncIterator[Even
             calls: list[ToolCallDelta] = []
             if c.tool_stream is not None:
                 text, calls = c.tool_stream.feed(ev.text, final=ev.finished)
+            canvas = {} if ev.canvas is None else {"canvas": ev.canvas}  # extension, opt-in
             if text or (shape.ids and ev.token_ids) or (shape.logprobs and ev.logprobs):
                 yield sse(shape.head(True) | {"choices": [shape.delta_choice(
                     c, text, ev.token_ids, None, logprobs=ev.logprobs,
-                    offset=offsets.get(c.index, 0))]})
+                    offset=offsets.get(c.index, 0)) | canvas]})
+                canvas = {}
                 if shape.logprobs and ev.logprobs:  # completions' text_offset goes on
                     offsets[c.index] = offsets.get(c.index, 0) + sum(
                         len(shape.logprobs.text(e.token_id)) for e in ev.logprobs)
@@ -119,6 +121,9 @@ async def stream(shape: Shape, choices: list[Choice], events: AsyncIterator[Even
                 yield sse(shape.head(True) | {"choices": [{
                     "index": c.index, "delta": {"tool_calls": [d.to_openai() for d in calls]},
                     "logprobs": None, "finish_reason": None}]})
+            if canvas:  # a step that grew no text: the block alone
+                yield sse(shape.head(True) | {"choices": [shape.delta_choice(
+                    c, None if shape.chat else "", None, None) | canvas]})
             if ev.finished:
                 if c.error is not None:
                     status, kind = ((400, "BadRequestError") if c.bad_request

@@ -4,6 +4,7 @@ choice) → a JSON response or an SSE stream that grows with every denoise step.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import time
@@ -25,6 +26,7 @@ from server.api.protocol import (
 from server.api.tools import ParsedOutput, ToolParser
 from server.api.tools.base import FirstCallOnly, ToolStream
 from server.core import (
+    CanvasFrame,
     EngineOutput,
     FinishReason,
     GenerateRequest,
@@ -80,6 +82,7 @@ class Event:
     token_ids: list[int]
     finished: bool
     logprobs: list[TokenLogprob] | None = None  # of `token_ids`, when asked
+    canvas: dict[str, Any] | None = None  # the step's `canvas` object, when asked
 
 
 class OpenAIServing:
@@ -109,6 +112,11 @@ class OpenAIServing:
     def _params(self, req: SamplingFields, max_tokens: int, index: int) -> SamplingParams:
         seed = None if req.seed is None else req.seed + index
         prompt_lp = req.prompt_logprobs_wanted()
+        canvas = bool(req.stream_options and req.stream_options.include_canvas)
+        if canvas and self.engine.info.mode != "diffusion":
+            raise APIError(400, "include_canvas shows the active block of a block-diffusion "
+                                "model; this one is autoregressive",
+                           param="stream_options.include_canvas")
         if prompt_lp is not None and self.engine.info.mode == "diffusion":
             raise APIError(400, "prompt log-probabilities (`echo` with `logprobs`) are not "
                                 "defined for a block-diffusion model, which has no "
@@ -122,7 +130,7 @@ class OpenAIServing:
                 editing_threshold=req.editing_threshold, max_post_steps=req.max_post_steps,
                 logprobs=req.top_logprobs_wanted(), prompt_logprobs=prompt_lp,
                 logit_bias=req.bias_pairs(),
-                min_tokens=req.min_tokens or 0)
+                min_tokens=req.min_tokens or 0, canvas=canvas)
         except ValueError as e:
             raise APIError(400, str(e)) from None
 
@@ -272,8 +280,22 @@ class OpenAIServing:
             c.error = out.error if reason is FinishReason.ERROR else None
             c.bad_request = out.bad_request
             self._record_finish(c, out)
-        q.put_nowait(Event(c, text, out.new_token_ids, finished, out.logprobs))
+        canvas = None if out.canvas is None else self._canvas(c, out.canvas)
+        q.put_nowait(Event(c, text, out.new_token_ids, finished, out.logprobs, canvas))
         return stopped and not out.finished
+
+    def _canvas(self, c: Choice, f: CanvasFrame) -> dict[str, Any]:
+        """The `canvas` extension object of one step (docs/playground.md)."""
+        return {"block_start": f.block_start, "prompt_len": len(c.prompt_ids),
+                "tokens": list(f.tokens),
+                "text": [None if t is None else self._cell_text(t) for t in f.tokens],
+                "committed": list(f.committed), "edited": list(f.edited),
+                "confidence": [None if p is None else round(p, 4) for p in f.confidence],
+                "step": f.step, "forwards": f.forwards, "block_done": f.block_done}
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019 - lives as long as the server
+    def _cell_text(self, token: int) -> str:
+        return self.tok.decode([token], skip_special_tokens=False)
 
     def _record_finish(self, c: Choice, out: EngineOutput) -> None:
         m = self.model_name

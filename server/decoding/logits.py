@@ -13,10 +13,10 @@ from unmask_kernels import SamplingBatch
 
 def plain_greedy(seq: Sequence) -> bool:
     """Greedy with nothing that needs the logit rows themselves: no grammar, logit bias,
-    min_tokens ban or log-probabilities."""
+    min_tokens ban, log-probabilities or canvas confidences."""
     p = seq.params
     return (p.greedy and seq.grammar is None and not p.logit_bias and not p.min_tokens
-            and p.logprobs is None)
+            and p.logprobs is None and not p.canvas)
 
 
 def row_sampling(seq: Sequence) -> RowSampling | None:
@@ -110,3 +110,39 @@ def record_prompt_logprobs(seq: Sequence, logits: torch.Tensor) -> None:
         top = tuple((int(i), v) for i, v in zip(vals[1 + n :], vals[1 : 1 + n], strict=True))
         entries.append(TokenLogprob(t, vals[0], top))
     seq.prompt_logprobs = entries
+
+
+def record_canvas(seqs: list[Sequence], logits: torch.Tensor, before: list[list[int] | None],
+                  mask_id: int) -> None:
+    """For rows with `params.canvas`, after acceptance: the cells this step unmasked and
+    rewrote (`Sequence.canvas_changes`), and each written token's probability under
+    softmax(logits) with the mask id excluded (`Sequence.canvas_confidence`, per cell).
+    logits [S, B, V]; `before[i]`: row i's block at the top of the step. Only those rows pay:
+    one softmax over the cells they wrote."""
+    rows: list[int] = []
+    offsets: list[int] = []
+    for i, (seq, old) in enumerate(zip(seqs, before, strict=True)):
+        if not seq.params.canvas or old is None or seq.block is None:
+            continue
+        new = seq.block
+        if seq.canvas_confidence is None:
+            seq.canvas_confidence = [None] * len(new)
+        committed = tuple(o for o, (a, b) in enumerate(zip(old, new, strict=True))
+                          if a == mask_id and b != mask_id)
+        edited = tuple(o for o, (a, b) in enumerate(zip(old, new, strict=True))
+                       if a not in (mask_id, b))
+        seq.canvas_changes = (committed, edited)
+        rows += [i] * (len(committed) + len(edited))
+        offsets += [*committed, *edited]
+    if not rows:
+        return
+    dev = logits.device
+    tokens = torch.tensor([seqs[i].token_at(o) for i, o in zip(rows, offsets, strict=True)],
+                          device=dev)
+    lp = logits[torch.tensor(rows, device=dev), torch.tensor(offsets, device=dev)].float()
+    lp[:, mask_id] = -torch.inf  # [W, V]
+    probs = lp.log_softmax(-1).gather(1, tokens[:, None])[:, 0].exp().tolist()  # one read
+    for i, o, p in zip(rows, offsets, probs, strict=True):
+        conf = seqs[i].canvas_confidence
+        assert conf is not None
+        conf[o] = p

@@ -11,6 +11,7 @@ import torch
 from server.core import (
     DEFAULT_MAX_POST_STEPS,
     EDITING_OFF,
+    CanvasFrame,
     Editing,
     GenerateRequest,
     GreedyRows,
@@ -21,6 +22,7 @@ from server.core import (
 from server.decoding.logits import (
     plain_greedy,
     process_logits,
+    record_canvas,
     record_logprobs,
     record_prompt_logprobs,
     row_sampling,
@@ -63,6 +65,11 @@ class DecodeMode(Protocol):
 
     def advance(self, seq: Sequence) -> bool:
         """Called after a step when the sequence goes on; True if a block was completed."""
+        ...
+
+    def frame(self, seq: Sequence) -> CanvasFrame | None:
+        """The active block after this step, for `params.canvas` (before `advance`; its
+        `block_done` is False); None where there is no block (AR)."""
         ...
 
 
@@ -141,14 +148,15 @@ class BlockDiffusion:
             return self._accept_free(seqs, None, (logits.token.view(S, B),
                                                   logits.confidence.view(S, B)))
         logits = logits.view(S, B, -1)
-        before = [list(s.block) if s.params.logprobs is not None and s.block is not None
-                  else None for s in seqs]
+        before = [list(s.block) if (s.params.logprobs is not None or s.params.canvas)
+                  and s.block is not None else None for s in seqs]
         process_logits(seqs, logits, [s.block_start for s in seqs], self.eos_ids)
         counts = self._accept_rows(seqs, logits)
         written = [[o for o, (a, b) in enumerate(zip(old, s.block, strict=True)) if a != b]
                    if old is not None and s.block is not None else []
                    for s, old in zip(seqs, before, strict=True)]
         record_logprobs(seqs, logits, written, self.mask_id)
+        record_canvas(seqs, logits, before, self.mask_id)
         return counts
 
     def _accept_rows(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
@@ -264,7 +272,17 @@ class BlockDiffusion:
         seq.block = [self.mask_id] * self.block_size
         seq.block_steps = seq.post_steps = seq.block_edits = 0
         seq.block_settled = False
+        seq.canvas_confidence = None
         return True
+
+    def frame(self, seq: Sequence) -> CanvasFrame:
+        assert seq.block is not None
+        committed, edited = seq.canvas_changes
+        seq.canvas_changes = ((), ())
+        return CanvasFrame(
+            seq.block_start, tuple(None if t == self.mask_id else t for t in seq.block),
+            committed, edited, tuple(seq.canvas_confidence or [None] * self.block_size),
+            seq.block_steps, seq.stats.steps, False)
 
 
 class Autoregressive:
@@ -340,3 +358,6 @@ class Autoregressive:
 
     def advance(self, seq: Sequence) -> bool:
         return False
+
+    def frame(self, seq: Sequence) -> None:
+        return None

@@ -161,6 +161,9 @@ class Engine:
                 raise ValueError(f"prompt log-probabilities need the prompt in one forward: "
                                  f"{len(req.prompt_ids)} tokens exceed --max-num-batched-tokens "
                                  f"{self.cfg.scheduler.max_num_batched_tokens}")
+        if not isinstance(self.mode, BlockDiffusion) and p.canvas:
+            raise ValueError("canvas frames show the active block of a block-diffusion model; "
+                             "this one is autoregressive")
         if not isinstance(self.mode, BlockDiffusion) and (
                 p.editing_threshold not in (None, EDITING_OFF) or p.max_post_steps is not None):
             raise ValueError("editing_threshold and max_post_steps apply to block-diffusion "

@@ -4,12 +4,14 @@ running sequence is preempted (pages freed, recomputed later) when pages run out
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 
 from server.config import SchedulerConfig
 from server.core import (
     Batch,
+    CanvasFrame,
     EngineOutput,
     FinishReason,
     Segment,
@@ -133,17 +135,19 @@ class Scheduler:
             seq.stats.steps += 1
             seq.block_steps += 1
             self.stats.tokens_committed += n
-            self._advance(seq)  # before the stop checks: an editing row emits whole blocks
-            out = self._emit(seq)
+            frame = self.mode.frame(seq) if seq.params.canvas else None
+            done = self._advance(seq)  # before the stop checks: an editing row emits whole blocks
+            out = self._emit(seq, frame and dataclasses.replace(frame, block_done=done))
             if out is not None:
                 outputs.append(out)
         return outputs
 
-    def _advance(self, seq: Sequence) -> None:
+    def _advance(self, seq: Sequence) -> bool:
+        """True when the step completed the sequence's block."""
         steps, edits, posts, editing = (seq.block_steps, seq.block_edits, seq.post_steps,
                                         seq.editing is not None)
         if not self.mode.advance(seq):
-            return
+            return False
         self.kv.seal(seq)  # an editing block's KV may have become final just now
         seq.stats.blocks += 1
         self.stats.blocks_completed += 1
@@ -151,10 +155,12 @@ class Scheduler:
         if editing:
             self.stats.edits_per_block.append(edits)
             self.stats.post_steps_per_block.append(posts)
+        return True
 
-    def _emit(self, seq: Sequence) -> EngineOutput | None:
-        """Report the growth of the contiguous committed output; finish on a stop id or
-        max_tokens (the output is cut there, stop id included)."""
+    def _emit(self, seq: Sequence, frame: CanvasFrame | None = None) -> EngineOutput | None:
+        """Report the growth of the contiguous committed output (and `frame`, which is always
+        reported); finish on a stop id or max_tokens (the output is cut there, stop id
+        included)."""
         out = self.mode.output_ids(seq)
         p = seq.params
         stops = (frozenset() if p.ignore_eos else self.eos_ids) | frozenset(p.stop_token_ids)
@@ -175,14 +181,14 @@ class Scheduler:
             seq.stats.first_token_time = time.monotonic()
         if reason is not None:
             self._finish(seq, reason)
-        if not new and reason is None:
+        if not new and reason is None and frame is None:
             return None
         prompt_lp = None
         if seq.prompt_logprobs is not None and not seq.prompt_logprobs_sent:
             prompt_lp, seq.prompt_logprobs_sent = seq.prompt_logprobs, True
         return EngineOutput(seq.rid, new, reason is not None, reason,
                             stats=seq.stats if reason is not None else None, logprobs=logprobs,
-                            prompt_logprobs=prompt_lp)
+                            prompt_logprobs=prompt_lp, canvas=frame)
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         if seq.status is SeqStatus.RUNNING:

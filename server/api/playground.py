@@ -1,0 +1,51 @@
+"""The browser playground (`/playground`, docs/playground.md): static files shipped in the
+package, no build step and nothing fetched from elsewhere; the page talks to the same HTTP API
+as any client. `/` links to it."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, Response
+
+from server.api.errors import APIError
+
+STATIC = files("server.api") / "static"
+ASSETS = {"playground.js": "text/javascript", "playground.css": "text/css"}
+# Only this origin's scripts and styles; fetch() may reach other servers (the comparison view).
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src *; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+ROOT_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>unmask</title>
+<link rel="icon" href="data:,"></head>
+<body style="font-family: system-ui, sans-serif; margin: 2rem">
+<h1>unmask</h1>
+<p>An OpenAI-compatible server for block-diffusion language models.</p>
+<ul>
+<li><a href="/playground">Playground</a>: watch the model unmask, step by step</li>
+<li><a href="/v1/models">/v1/models</a> (API key required if the server has one)</li>
+<li><a href="/docs">API reference</a></li>
+<li><a href="/metrics">/metrics</a></li>
+</ul>
+</body></html>
+"""
+
+
+def install_playground(app: FastAPI) -> None:
+    headers = {"Content-Security-Policy": CSP, "Cache-Control": "no-cache"}
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> HTMLResponse:
+        return HTMLResponse(ROOT_PAGE, headers=headers)
+
+    @app.get("/playground", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse((STATIC / "playground.html").read_text(), headers=headers)
+
+    @app.get("/playground/{name}", include_in_schema=False)
+    async def asset(name: str) -> Response:
+        if name not in ASSETS:
+            raise APIError(404, f"no playground file {name!r}", "NotFoundError")
+        return Response((STATIC / name).read_bytes(), media_type=ASSETS[name], headers=headers)
