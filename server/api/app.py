@@ -24,6 +24,7 @@ from server.api.limits import RequestLimits
 from server.api.metrics import Metrics
 from server.api.models import ServedModels
 from server.api.params import check_params
+from server.api.playground import install_playground
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
 from server.api.responses import Shape, full_response, stream
 from server.api.serving import Choice, OpenAIServing
@@ -107,6 +108,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["*"])
     _install_routes(app, state)
+    install_playground(app, settings.api_key is not None)
     return app
 
 

@@ -11,6 +11,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
@@ -46,6 +47,8 @@ def test_wheel_holds_every_source_package_and_the_model_pair(wheel: Path) -> Non
         for f in (ROOT / "server/checkpoints" / model).iterdir():
             assert f"server/checkpoints/{model}/{f.name}" in names
     assert not any(n.startswith(("training/", "tests/", "kernels/")) for n in names)
+    for f in (ROOT / "server/api/static").iterdir():  # the playground page
+        assert f"server/api/static/{f.name}" in names
 
 
 @pytest.fixture(scope="module")
@@ -77,5 +80,7 @@ def test_installed_wheel_serves_the_shipped_model(venv: Path, tmp_path: Path) ->
             messages=[{"role": "user", "content": "Write a Python function `is_palindrome(s)` "
                        "that checks whether the string s is a palindrome."}])
         assert "def is_palindrome" in (out.choices[0].message.content or ""), out
+        for path in ("/playground", "/playground/playground.js", "/playground/playground.css"):
+            assert httpx.get(srv.url + path, timeout=10).status_code == 200, path
     finally:
         assert srv.stop() == 0
