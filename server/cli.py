@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random checkpoint (real format)")
     p.add_argument("out")
-    p.add_argument("--arch", choices=["llada2", "ling2"], default="llada2")
+    p.add_argument("--arch", choices=["llada2", "llada2.2", "ling2"], default="llada2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layers", type=int, default=None)
     p.add_argument("--peaky", action="store_true",

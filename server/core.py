@@ -253,6 +253,7 @@ class Sequence:
     # with params.prompt_logprobs (AR): one per prompt token, None for the first; sent once
     prompt_logprobs: list[TokenLogprob | None] | None = None
     prompt_logprobs_sent: bool = False
+    levenshtein: LevenshteinState | None = None  # LLaDA2.2 editing rows (docs/llada22.md)
     # with params.canvas: each cell's confidence when last written, and this step's changes
     canvas_confidence: list[float | None] | None = None
     canvas_changes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # (committed, edited)
@@ -348,6 +349,16 @@ class EngineOutput:
     logprobs: list[TokenLogprob] | None = None  # one per new token, with params.logprobs
     prompt_logprobs: list[TokenLogprob | None] | None = None  # AR, with the first output
     canvas: CanvasFrame | None = None  # with params.canvas: the active block after this step
+
+
+@dataclass(slots=True)
+class LevenshteinState:
+    """One row's LLaDA2.2 block state (docs/llada22.md), reset with every new block."""
+
+    orig: list[bool] | None = None  # per cell: an original mask's flag (set at the first step)
+    step: int = 0  # iterations of this block so far
+    post: int = 0  # consecutive iterations that started with no original mask
+    seen: set[tuple[int, ...]] = field(default_factory=set)  # written states (anti-loop)
 
 
 @dataclass(frozen=True, slots=True)

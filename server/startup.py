@@ -65,7 +65,9 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.d
 def plan_startup(cfg: EngineConfig) -> StartupPlan:
     model_dir = resolve_model_path(cfg.model)
     mcfg = ModelConfig.from_file(model_dir / "config.json", cfg.hf_overrides)
-    specials = read_special_ids(model_dir)
+    # the edit ids as the model config has them (after --hf-overrides)
+    specials = dataclasses.replace(read_special_ids(model_dir), delete_id=mcfg.delete_token_id,
+                                   split_id=mcfg.split_token_id)
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     for op, chosen in (("attention", cfg.attention_backend),
                        ("acceptance", cfg.acceptance_backend), ("moe", cfg.moe_backend)):
@@ -85,10 +87,16 @@ def plan_startup(cfg: EngineConfig) -> StartupPlan:
     if mcfg.mode == "diffusion":
         if specials.mask_id is None:
             raise ValueError(f"{model_dir}: diffusion checkpoint without a <|mask|> token")
-        block = cfg.diffusion.block_size or DIFFUSION_DEFAULTS[mcfg.architecture]["block_size"]
+        block = cfg.diffusion.block_size or (
+            mcfg.route_block if mcfg.block_routing else
+            DIFFUSION_DEFAULTS[mcfg.architecture]["block_size"])
         if block < 1:
             raise ValueError(f"--block-size must be >= 1, got {block}")
-        editing, posts = default_editing(cfg, model_dir)
+        if mcfg.block_routing and block % mcfg.route_block:
+            raise ValueError(f"--block-size {block} must be a multiple of the checkpoint's "
+                             f"block_size {mcfg.route_block}: its MoE routes whole blocks")
+        check_edit_ids(specials, model_dir)
+        editing, posts = default_editing(cfg, model_dir, mcfg.levenshtein)
     else:
         if cfg.diffusion.editing_threshold not in (None, EDITING_OFF) or \
                 cfg.diffusion.max_post_steps is not None:
@@ -113,6 +121,13 @@ def plan_startup(cfg: EngineConfig) -> StartupPlan:
     return plan
 
 
+def check_edit_ids(sp: SpecialIds, model_dir: Path) -> None:
+    """LLaDA2.2 edit ids must not be the mask or an EOS id: each has its own meaning."""
+    for name, tid in (("delete_token_id", sp.delete_id), ("split_token_id", sp.split_id)):
+        if tid is not None and (tid == sp.mask_id or tid in sp.eos_ids):
+            raise ValueError(f"{model_dir}: {name} {tid} is also the mask or an EOS id")
+
+
 def fit_context(max_model_len: int, explicit: bool, num_pages: int, page_size: int) -> int:
     """One request of the context length must fit the KV pool: an explicit --max-model-len
     that does not is refused; the default is lowered to what fits, with a warning."""
@@ -128,16 +143,18 @@ def fit_context(max_model_len: int, explicit: bool, num_pages: int, page_size: i
     return fits
 
 
-def default_editing(cfg: EngineConfig, model_dir: Path) -> tuple[Editing | None, int]:
+def default_editing(cfg: EngineConfig, model_dir: Path, levenshtein: bool = False
+                    ) -> tuple[Editing | None, int]:
     """The engine's LLaDA2.1 editing default and its post-step budget (kept apart: a request
     that turns editing on uses it even when the default is off): the flags, else the
     checkpoint's generation_config.json (`editing_threshold`, `max_post_steps`), else off and
-    16. LLaDA2.0 and 2.1 share one architecture, so only the configuration tells a 2.1 one."""
+    16 — on LLaDA2.2 (`levenshtein`) else 0.0, its reference's one mode (docs/llada22.md).
+    LLaDA2.0 and 2.1 share one architecture, so only the configuration tells a 2.1 one."""
     gen_file = model_dir / "generation_config.json"
     gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
     t = cfg.diffusion.editing_threshold
     if t is None:
-        t = gen.get("editing_threshold", EDITING_OFF)
+        t = gen.get("editing_threshold", 0.0 if levenshtein else EDITING_OFF)
     if t is None:  # a generation config may say null: off
         t = EDITING_OFF
     posts = cfg.diffusion.max_post_steps

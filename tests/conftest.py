@@ -39,3 +39,16 @@ def tiny_llada2_peaky(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ling2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _make(tmp_path_factory, "ling2", arch="ling2", seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_llada22(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LLaDA2.2 keys: edit ids <|delete|>/<|split|>, block routing (4 of 8 experts), two EOS."""
+    return _make(tmp_path_factory, "llada22", arch="llada2.2", seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_llada22_peaky(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As `tiny_llada22`, peaky; DELETE / SPLIT win where their key tokens stand
+    (`server.tiny.weights.edit_keys`)."""
+    return _make(tmp_path_factory, "llada22_peaky", arch="llada2.2", seed=4, peaky=True)

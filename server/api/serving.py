@@ -26,6 +26,7 @@ from server.api.protocol import (
 from server.api.tools import ParsedOutput, ToolParser
 from server.api.tools.base import FirstCallOnly, ToolStream
 from server.core import (
+    EDITING_OFF,
     CanvasFrame,
     EngineOutput,
     FinishReason,
@@ -109,8 +110,10 @@ class OpenAIServing:
                            param, "context_length_exceeded")
         return min(requested or default or room, room)
 
-    def _params(self, req: SamplingFields, max_tokens: int, index: int) -> SamplingParams:
+    def _params(self, req: SamplingFields, max_tokens: int, index: int,
+                constrained: bool = False) -> SamplingParams:
         seed = None if req.seed is None else req.seed + index
+        self._check_levenshtein(req, constrained)
         prompt_lp = req.prompt_logprobs_wanted()
         canvas = bool(req.stream_options and req.stream_options.include_canvas)
         if canvas and self.engine.info.mode != "diffusion":
@@ -134,6 +137,21 @@ class OpenAIServing:
         except ValueError as e:
             raise APIError(400, str(e)) from None
 
+    def _check_levenshtein(self, req: SamplingFields, constrained: bool) -> None:
+        """LLaDA2.2 editing is greedy and moves cells (docs/llada22.md): a request that will
+        edit may not sample or ask for log-probabilities. Constrained requests never edit."""
+        info = self.engine.info
+        t = req.editing_threshold
+        edits = t not in (None, EDITING_OFF) or (t is None and info.editing_default)
+        if not info.levenshtein or not edits or constrained:
+            return
+        why = ("with LLaDA2.2 Levenshtein editing on (editing_threshold \"off\" allows it): "
+               "decoding is greedy and cells move within a block")
+        if req.temperature:
+            raise APIError(400, f"temperature > 0 is refused {why}", param="temperature")
+        if req.top_logprobs_wanted() is not None:
+            raise APIError(400, f"logprobs are refused {why}", param="logprobs")
+
     def _check_ids(self, ids: list[int], param: str) -> None:
         vocab = self.engine.info.vocab_size
         bad = next((t for t in ids if not 0 <= t < vocab), None)
@@ -151,7 +169,7 @@ class OpenAIServing:
             limit = self._limits(len(ids), max_tokens, default, param)
             for i in range(req.n):
                 index = p_idx * req.n + i
-                params = self._params(req, limit, i)
+                params = self._params(req, limit, i, constrained=grammar is not None)
                 rid = f"{request_id}-{next(_suffix)}"
                 decoder = self.tok.keeping(parser.keep_tokens) if parser else self.tok
                 detok = IncrementalDetokenizer(decoder, params.stop)

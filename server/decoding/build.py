@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from server.config import EngineConfig
+from server.decoding.levenshtein import EditIds
 from server.decoding.modes import Autoregressive, BlockDiffusion, DecodeMode
 from server.startup import StartupPlan
 from unmask_kernels.registry import resolve
@@ -13,8 +14,11 @@ def build_mode(cfg: EngineConfig, plan: StartupPlan) -> tuple[DecodeMode, str]:
     eos = frozenset(plan.specials.eos_ids)
     if plan.block_size is None:
         return Autoregressive(plan.page_size, eos), "torch"
-    assert plan.specials.mask_id is not None  # plan_startup refuses a diffusion model without
+    sp = plan.specials
+    assert sp.mask_id is not None  # plan_startup refuses a diffusion model without one
     name, accept = resolve("acceptance", cfg.acceptance_backend, plan.device.type)
-    return BlockDiffusion(plan.block_size, plan.specials.mask_id, cfg.diffusion.threshold,
+    edits = (EditIds(sp.mask_id, sp.delete_id, sp.split_id)
+             if sp.delete_id is not None and sp.split_id is not None else None)
+    return BlockDiffusion(plan.block_size, sp.mask_id, cfg.diffusion.threshold,
                           plan.editing, eos, plan.max_post_steps, accept,
-                          cfg.diffusion.simulate_tpf), name
+                          cfg.diffusion.simulate_tpf, edits), name

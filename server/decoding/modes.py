@@ -15,10 +15,13 @@ from server.core import (
     Editing,
     GenerateRequest,
     GreedyRows,
+    LevenshteinState,
     Logits,
     Segment,
     Sequence,
 )
+from server.decoding import levenshtein
+from server.decoding.levenshtein import EditIds
 from server.decoding.logits import (
     plain_greedy,
     process_logits,
@@ -90,7 +93,8 @@ class BlockDiffusion:
     def __init__(self, block_size: int, mask_id: int, threshold: float,
                  editing: Editing | None = None, eos_ids: frozenset[int] = frozenset(),
                  max_post_steps: int = DEFAULT_MAX_POST_STEPS,
-                 accept_fn: AcceptFn = accept_blocks, simulate_tpf: float | None = None) -> None:
+                 accept_fn: AcceptFn = accept_blocks, simulate_tpf: float | None = None,
+                 edit_ids: EditIds | None = None) -> None:
         self.eos_ids = eos_ids
         self.max_post_steps = max_post_steps  # the default budget, also when editing is off
         self.attn_block = self.page_size = self.block_size = block_size
@@ -99,14 +103,17 @@ class BlockDiffusion:
         self.editing = editing  # the default of requests that do not choose
         self.accept_fn = accept_fn  # the "acceptance" registry's choice
         self.simulate_tpf = simulate_tpf  # benchmarking oracle, see DiffusionConfig
+        self.edit_ids = edit_ids  # LLaDA2.2: editing rows follow docs/llada22.md
 
     def new_sequence(self, req: GenerateRequest) -> Sequence:
         B, P = self.block_size, len(req.prompt_ids)
         start = P // B * B  # absolute grid: the prompt tail shares the first active block
         tail = list(req.prompt_ids[start:])
+        editing = self.editing_of(req)
         return Sequence(req=req, tokens=list(req.prompt_ids[:start]),
                         block=tail + [self.mask_id] * (B - len(tail)), block_start=start,
-                        editing=self.editing_of(req))
+                        editing=editing, levenshtein=LevenshteinState()
+                        if editing is not None and self.edit_ids is not None else None)
 
     def editing_of(self, req: GenerateRequest) -> Editing | None:
         """The request's editing rule; ValueError for `max_post_steps` with editing off.
@@ -151,6 +158,12 @@ class BlockDiffusion:
         before = [list(s.block) if (s.params.logprobs is not None or s.params.canvas)
                   and s.block is not None else None for s in seqs]
         process_logits(seqs, logits, [s.block_start for s in seqs], self.eos_ids)
+        if self.edit_ids is not None:  # rows without Levenshtein editing never write edit ids
+            plain = [i for i, s in enumerate(seqs) if s.levenshtein is None]
+            if plain:
+                cols = [self.edit_ids.delete, self.edit_ids.split]
+                logits[torch.tensor(plain, device=logits.device)[:, None, None], :,
+                       torch.tensor(cols, device=logits.device)] = -torch.inf
         counts = self._accept_rows(seqs, logits)
         written = [[o for o, (a, b) in enumerate(zip(old, s.block, strict=True)) if a != b]
                    if old is not None and s.block is not None else []
@@ -161,8 +174,8 @@ class BlockDiffusion:
 
     def _accept_rows(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
         S = len(seqs)
-        free = [i for i, s in enumerate(seqs) if s.grammar is None]
-        if len(free) == S:  # no grammar in this step: the batched rule, untouched
+        free = [i for i, s in enumerate(seqs) if s.grammar is None and s.levenshtein is None]
+        if len(free) == S:  # no grammar or 2.2 editing in this step: the batched rule, untouched
             return self._accept_free(seqs, logits)
         counts = [0] * S
         if free:
@@ -173,6 +186,10 @@ class BlockDiffusion:
         for i, seq in enumerate(seqs):
             if seq.grammar is not None:
                 counts[i] = self._accept_constrained(seq, logits[i])
+            elif seq.levenshtein is not None:
+                assert self.edit_ids is not None and seq.editing is not None
+                counts[i] = levenshtein.iterate(seq, logits[i], self.edit_ids,
+                                                self._threshold(seq), seq.editing)
         return counts
 
     def _accept_free(self, seqs: list[Sequence], logits: torch.Tensor | None,
@@ -267,12 +284,18 @@ class BlockDiffusion:
             seq.num_cached = seq.block_start + self.block_size
         elif any(self.undecided(seq)):
             return False
+        if self.edit_ids is not None:  # docs/llada22.md: never in a completed block
+            bad = {self.mask_id, self.edit_ids.delete, self.edit_ids.split}
+            assert not any(t in bad for i, t in enumerate(seq.block)
+                           if seq.block_start + i >= seq.prompt_len), seq.block
         seq.tokens.extend(seq.block)
         seq.block_start += self.block_size
         seq.block = [self.mask_id] * self.block_size
         seq.block_steps = seq.post_steps = seq.block_edits = 0
         seq.block_settled = False
         seq.canvas_confidence = None
+        if seq.levenshtein is not None:
+            seq.levenshtein = LevenshteinState()
         return True
 
     def frame(self, seq: Sequence) -> CanvasFrame:

@@ -60,6 +60,8 @@ class EngineInfo:
     eos_ids: tuple[int, ...]
     attention_backend: str
     acceptance_backend: str
+    levenshtein: bool = False  # LLaDA2.2 edit tokens (docs/llada22.md)
+    editing_default: bool = False  # requests that do not choose edit (LLaDA2.1/2.2)
 
 
 def engine_info(plan: StartupPlan, max_model_len: int, num_pages: int, attention: str,
@@ -70,7 +72,9 @@ def engine_info(plan: StartupPlan, max_model_len: int, num_pages: int, attention
         device=str(plan.device), dtype=str(plan.dtype).removeprefix("torch."),
         block_size=plan.block_size or 1, page_size=plan.page_size, num_pages=num_pages,
         max_model_len=max_model_len, vocab_size=m.vocab_size, mask_id=sp.mask_id,
-        eos_ids=sp.eos_ids, attention_backend=attention, acceptance_backend=acceptance)
+        eos_ids=sp.eos_ids, attention_backend=attention, acceptance_backend=acceptance,
+        levenshtein=m.levenshtein and plan.block_size is not None,
+        editing_default=plan.editing is not None)
 
 
 class Engine:
@@ -174,6 +178,10 @@ class Engine:
                              f"{p.max_tokens} to generate), {pages} KV pages; the whole KV "
                              f"pool holds {self.kv.pool.num_pages}")
         seq = self.mode.new_sequence(req)
+        if seq.levenshtein is not None and (not p.greedy or p.logprobs is not None):
+            raise ValueError("LLaDA2.2 Levenshtein editing is greedy and moves cells within a "
+                             "block: temperature > 0 and logprobs are refused with editing on "
+                             "(editing_threshold \"off\" allows them; docs/llada22.md)")
         if not p.greedy:
             seed = p.seed if p.seed is not None else self._rng.randrange(1 << 62)
             seq.generator = torch.Generator(self.device).manual_seed(seed)

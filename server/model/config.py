@@ -14,6 +14,9 @@ ARCHITECTURES: dict[str, str] = {
 }
 
 
+ROUTE_BLOCK = 32  # tokens per routing block when block_size is absent (llada2x-decoding §3.5)
+
+
 class ModelConfigError(ValueError):
     pass
 
@@ -48,11 +51,28 @@ class ModelConfig:
     tie_word_embeddings: bool
     pad_token_id: int | None
     torch_dtype: str | None
+    # LLaDA2.2 (llada2x-decoding §3.1, §3.5). Block routing: each `route_block` tokens of a
+    # forward admit their top `expert_capacity` experts; 0 = per-token routing (2.0/2.1).
+    expert_capacity: int = 0
+    route_block: int = ROUTE_BLOCK  # config.json `block_size`
+    delete_token_id: int | None = None  # Levenshtein edit ids (config.json only)
+    split_token_id: int | None = None
 
     @property
     def mode(self) -> str:
         """'diffusion' (LLaDA2, block-causal) or 'ar' (Ling-2.0, causal)."""
         return ARCHITECTURES[self.architecture]
+
+    @property
+    def block_routing(self) -> bool:
+        """Block-routed MoE: decided by `expert_capacity` > 0 alone, never by `n_group`."""
+        return self.expert_capacity > 0
+
+    @property
+    def levenshtein(self) -> bool:
+        """LLaDA2.2 Levenshtein editing (DELETE / SPLIT edit tokens): the config names both
+        edit ids. Every block-routed config does (`_validate`), so this is also "is 2.2"."""
+        return self.delete_token_id is not None and self.split_token_id is not None
 
     @property
     def rotary_dim(self) -> int:
@@ -117,6 +137,10 @@ class ModelConfig:
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             pad_token_id=d.get("pad_token_id"),
             torch_dtype=d.get("torch_dtype") or d.get("dtype"),
+            expert_capacity=d.get("expert_capacity") or 0,
+            route_block=d.get("block_size") or ROUTE_BLOCK,
+            delete_token_id=d.get("delete_token_id"),
+            split_token_id=d.get("split_token_id"),
         )
         cfg._validate(source)
         return cfg
@@ -165,6 +189,29 @@ class ModelConfig:
             check(self.topk_group <= self.n_group, "topk_group must be <= n_group")
             check(self.topk_group * per_group >= self.num_experts_per_tok,
                   "topk_group * experts per group must be >= num_experts_per_tok")
+        edit = {"delete_token_id": self.delete_token_id, "split_token_id": self.split_token_id}
+        for key, tid in edit.items():
+            check(tid is None or (isinstance(tid, int) and 0 <= tid < self.vocab_size),
+                  f"{key} {tid!r} must be a token id below vocab_size {self.vocab_size}")
+        missing = [k for k, v in edit.items() if v is None]
+        check(len(missing) != 1, f"{missing[0] if missing else ''} missing: LLaDA2.2 "
+              "Levenshtein editing needs both delete_token_id and split_token_id")
+        check(not self.levenshtein or self.delete_token_id != self.split_token_id,
+              "delete_token_id and split_token_id must differ")
+        check(not self.levenshtein or self.mode == "diffusion",
+              "delete_token_id/split_token_id (Levenshtein editing) need a block-diffusion "
+              "architecture")
+        if self.expert_capacity:
+            c, E, k = self.expert_capacity, self.num_experts, self.num_experts_per_tok
+            check(self.levenshtein, f"expert_capacity {c} (LLaDA2.2 block routing) without "
+                  "the edit token ids: a LLaDA2.2 config.json must name delete_token_id and "
+                  "split_token_id")
+            check(E > 0, "expert_capacity needs routed experts (num_experts > 0)")
+            check(k <= c <= E, f"expert_capacity {c} must be between num_experts_per_tok {k} "
+                  f"and num_experts {E}")
+            check(self.route_block >= 1, f"block_size {self.route_block} must be >= 1")
+            check(self.mode == "diffusion", "expert_capacity (block routing) needs a "
+                  "block-diffusion architecture: an AR forward is not made of whole blocks")
         if self.rope_scaling is not None:
             kind = self.rope_scaling["rope_type"]
             check(kind == "yarn", f"unsupported rope_scaling type {kind!r} (supported: yarn)")

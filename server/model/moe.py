@@ -1,5 +1,6 @@
-"""Sparse MoE block: fp32 sigmoid router with selection-only expert bias and group-limited top-k,
-stacked routed experts, and an always-on shared expert (llada2-spec §5)."""
+"""Sparse MoE block: fp32 sigmoid router with selection-only expert bias and group-limited top-k
+(llada2-spec §5), or LLaDA2.2 block routing (llada2x-decoding §3.5), stacked routed experts,
+and an always-on shared expert."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Router(nn.Module):
         self.top_k = cfg.num_experts_per_tok
         self.n_group, self.topk_group = cfg.n_group, cfg.topk_group
         self.scale = cfg.routed_scaling_factor
+        self.capacity, self.block = cfg.expert_capacity, cfg.route_block  # 0: per token
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, H] → (expert ids [T, k] long, weights [T, k] fp32)."""
@@ -34,7 +36,9 @@ class Router(nn.Module):
         scores = (x.float() @ self.weight.t()).sigmoid()  # [T, E] fp32
         biased = scores + self.expert_bias  # chooses experts; never a weight
         per_group = E // self.n_group
-        if per_group >= 2:
+        if self.capacity:  # LLaDA2.2: replaces group-limited top-k (n_group is not used)
+            biased = self.admit_per_block(biased)
+        elif per_group >= 2:
             groups = biased.view(T, self.n_group, per_group)
             group_score = groups.topk(2, dim=-1).values.sum(-1)  # [T, G]
             keep = group_score.topk(self.topk_group, dim=-1, sorted=False).indices
@@ -45,6 +49,22 @@ class Router(nn.Module):
         if self.top_k > 1:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
         return ids, weights * self.scale
+
+    def admit_per_block(self, biased: torch.Tensor) -> torch.Tensor:
+        """LLaDA2.2 block routing: biased [T, E] → the same with every expert its block did not
+        admit at -inf. The forward's tokens are whole blocks aligned to absolute positions
+        (prefill chunks, active blocks and graph padding all are), so row b·B..b·B+B-1 is one
+        block. A block admits the `capacity` experts with the highest score over its tokens
+        (max of the biased score), by exact score: no index tie-break (§3.5 step 4)."""
+        T, E = biased.shape
+        B = self.block
+        assert T % B == 0, (f"block-routed MoE needs whole {B}-token blocks; this forward has "
+                            f"{T} tokens")
+        blocks = biased.view(T // B, B, E)
+        admitted = blocks.amax(1).topk(self.capacity, dim=-1, sorted=False).indices  # [T/B, C]
+        keep = torch.zeros(T // B, E, dtype=torch.bool, device=biased.device)
+        keep.scatter_(1, admitted, True)
+        return blocks.masked_fill(~keep[:, None, :], -torch.inf).view(T, E)
 
 
 class Experts(nn.Module):

@@ -10,14 +10,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from server.tiny.tokenizer import build_tokenizer, write_tokenizer_files
-from server.tiny.weights import random_tensors
+from server.tiny.tokenizer import EDIT_TOKENS, build_tokenizer, write_tokenizer_files
+from server.tiny.weights import edit_keys, random_tensors
 
 SHARD_BYTES = 4 << 30
 ARCHS = {
     "llada2": ("LLaDA2MoeModelLM", "llada2_moe"),
+    "llada2.2": ("LLaDA2MoeModelLM", "llada2_moe"),  # + edit ids, block routing (2.2 keys)
     "ling2": ("BailingMoeV2ForCausalLM", "bailing_moe_v2"),
 }
+# LLaDA2.2 block routing (llada2x-decoding §3.1): experts admitted per 32-token block; the real
+# 48 of 256, the tiny 4 of 8 (so routing differs from per-token top-2 over all 8)
+EXPERT_CAPACITY = {"tiny": 4, "real": 48}
 TINY = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8,
             num_experts_per_tok=2, n_group=2, topk_group=1, num_shared_experts=1,
@@ -37,9 +41,16 @@ REAL = {
 
 def model_config(arch: str, vocab_size: int, pad_id: int, layers: int | None = None,
                  config_of: str | None = None, dtype: str = "float32",
-                 overrides: dict | None = None) -> dict:
+                 overrides: dict | None = None, edit_ids: tuple[int, int] | None = None
+                 ) -> dict:
+    """`edit_ids` (DELETE, SPLIT): llada2.2 only, where they are required."""
     name, model_type = ARCHS[arch]
+    if (arch == "llada2.2") != (edit_ids is not None):
+        raise ValueError("edit_ids (DELETE, SPLIT) are given for llada2.2 and only for it")
     shape = dict(REAL[config_of]) if config_of else dict(TINY, vocab_size=vocab_size)
+    if edit_ids is not None:
+        shape.update(delete_token_id=edit_ids[0], split_token_id=edit_ids[1], block_size=32,
+                     expert_capacity=EXPERT_CAPACITY["real" if config_of else "tiny"])
     shape.update(overrides or {})
     if layers is not None:
         shape["num_hidden_layers"] = layers
@@ -62,24 +73,32 @@ def make_tiny_model(out_dir: str | Path, arch: str = "llada2", seed: int = 0,
                     overrides: dict | None = None, weights: bool = True) -> Path:
     """`overrides` replaces config fields (e.g. a wider "small" benchmark shape). `weights`
     False writes everything but the safetensors: enough for `unmask serve --check-config` at
-    the real mini/flash shapes."""
+    the real mini/flash shapes. `peaky` sharpens the output head; for llada2.2 it also makes
+    DELETE and SPLIT win the argmax at positions holding their key tokens (`weights`)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose {sorted(ARCHS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()
-    ids = write_tokenizer_files(tok, out, arch)
+    llada22 = arch == "llada2.2"
+    ids = write_tokenizer_files(tok, out, arch, EDIT_TOKENS if llada22 else ())
     vocab = -(-tok.get_vocab_size() // 64) * 64
     dtype = dtype or ("bfloat16" if config_of else "float32")
-    cfg = model_config(arch, vocab, ids["<|endoftext|>"], layers, config_of, dtype, overrides)
+    edit = (ids[EDIT_TOKENS[0]], ids[EDIT_TOKENS[1]]) if llada22 else None
+    cfg = model_config(arch, vocab, ids["<|endoftext|>"], layers, config_of, dtype, overrides,
+                       edit)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    gen = ({"eos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"],
-            "mask_token_id": ids["<|mask|>"]} if arch == "llada2" else
-           {"eos_token_id": [ids["<|endoftext|>"], ids["<|role_end|>"]],
-            "bos_token_id": ids["<|startoftext|>"], "pad_token_id": ids["<|endoftext|>"]})
+    # Ling-2.0 and LLaDA2.2 list two EOS ids
+    eos = ids["<|endoftext|>"] if arch == "llada2" else [ids["<|endoftext|>"],
+                                                         ids["<|role_end|>"]]
+    gen = ({"eos_token_id": eos, "bos_token_id": ids["<|startoftext|>"],
+            "pad_token_id": ids["<|endoftext|>"]} if arch == "ling2" else
+           {"eos_token_id": eos, "pad_token_id": ids["<|endoftext|>"],
+            "mask_token_id": ids["<|mask|>"]})
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     if weights:
-        _write_weights(out, random_tensors(cfg, seed, peaky, getattr(torch, dtype)))
+        keys = edit_keys(cfg, ordinary=min(ids.values()))  # the specials follow the BPE ids
+        _write_weights(out, random_tensors(cfg, seed, peaky, getattr(torch, dtype), keys))
     return out
 
 

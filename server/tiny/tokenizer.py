@@ -16,6 +16,10 @@ SPECIAL_TOKENS = (
     "<|startoftext|>", "<|endoftext|>", "<|mask|>", "<role>", "</role>", "<|role_end|>",
     "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
 )
+# LLaDA2.2 Levenshtein edit tokens, appended after the trained vocabulary by the llada2.2 tiny
+# model only (so the other tiny tokenizers keep their ids). Our own names: the real checkpoint
+# has no added token for DELETE 156930 / SPLIT 156931, only config.json's ids.
+EDIT_TOKENS = ("<|delete|>", "<|split|>")
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -48,16 +52,20 @@ def chat_template() -> str:
     return (HERE / "chat_template.jinja").read_text(encoding="utf-8")
 
 
-def write_tokenizer_files(tok: Tokenizer, out_dir: Path, arch: str) -> dict[str, int]:
-    """tokenizer.json, tokenizer_config.json, special_tokens_map.json; returns special ids."""
+def write_tokenizer_files(tok: Tokenizer, out_dir: Path, arch: str,
+                          extra: tuple[str, ...] = ()) -> dict[str, int]:
+    """tokenizer.json, tokenizer_config.json, special_tokens_map.json; returns the ids of
+    SPECIAL_TOKENS and of the `extra` special tokens (added to `tok` here)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if extra:
+        tok.add_special_tokens(list(extra))
     (out_dir / "tokenizer.json").write_text(tok.to_str(pretty=True), encoding="utf-8")
     ids: dict[str, int] = {}
-    for t in SPECIAL_TOKENS:
+    for t in (*SPECIAL_TOKENS, *extra):
         i = tok.token_to_id(t)
         assert i is not None, f"the tokenizer lacks special token {t}"
         ids[t] = i
-    eos = "<|endoftext|>" if arch == "llada2" else "<|role_end|>"
+    eos = "<|role_end|>" if arch == "ling2" else "<|endoftext|>"
     special = {"bos_token": "<|startoftext|>", "eos_token": eos, "pad_token": "<|endoftext|>",
                "mask_token": "<|mask|>"}
     added = {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,

@@ -9,6 +9,13 @@ import torch
 # `peaky` multiplies lm_head by this: with unit-RMS hidden states a good share of positions
 # then has a top-1 probability above 0.95 (see tests/unit/test_tiny_model.py).
 PEAKY_SCALE = 12.0
+# llada2.2 `peaky`: DELETE (SPLIT) wins the argmax, with a confidence near 1, at positions that
+# hold one of its key tokens: the ordinary ids ≡ 3 (≡ 11) mod KEY_PERIOD (`edit_keys`). Each key
+# token's embedding gets KEY_GAIN along a unit direction u of its edit id and that id's lm_head
+# row is ROW_GAIN·u, so the signal rides the residual stream to the head; elsewhere the edit
+# rows are as weak as any other row (tests/unit/test_tiny_model.py measures the rates).
+EDIT_KEY_RESIDUES, KEY_PERIOD = {"delete_token_id": 3, "split_token_id": 11}, 16
+KEY_GAIN, ROW_GAIN = 8.0, 16.0
 
 
 def layer_tensors(cfg: dict, i: int, g: torch.Generator, dtype: torch.dtype
@@ -49,16 +56,32 @@ def layer_tensors(cfg: dict, i: int, g: torch.Generator, dtype: torch.dtype
         yield p + "mlp.shared_experts.down_proj.weight", lin(H, shared)
 
 
+def edit_keys(cfg: dict, ordinary: int) -> dict[int, list[int]]:
+    """LLaDA2.2 edit id → its key tokens among the ordinary ids [0, ordinary) (`peaky`)."""
+    return {cfg[k]: list(range(r, ordinary, KEY_PERIOD)) for k, r in EDIT_KEY_RESIDUES.items()
+            if cfg.get(k) is not None}
+
+
 def random_tensors(cfg: dict, seed: int, peaky: bool = False,
-                   dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
-    """Deterministic for a seed; yields tensors in a fixed order (streams big models)."""
+                   dtype: torch.dtype = torch.float32, keys: dict[int, list[int]] | None = None
+                   ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Deterministic for a seed; yields tensors in a fixed order (streams big models).
+    `keys` (with `peaky`; `edit_keys`): token ids at which each edit id is made to win."""
     g = torch.Generator().manual_seed(seed)
     V, H = cfg["vocab_size"], cfg["hidden_size"]
-    yield "model.word_embeddings.weight", torch.randn(V, H, generator=g).to(dtype)
+    emb = torch.randn(V, H, generator=g)
+    keyed = keys if peaky and keys else {}
+    own = torch.Generator().manual_seed(seed ^ 0x5EED5EED)  # the other tensors stay as they are
+    directions = torch.nn.functional.normalize(torch.randn(len(keyed), H, generator=own), dim=-1)
+    for (_, tokens), u in zip(keyed.items(), directions, strict=True):
+        emb[tokens] += KEY_GAIN * u
+    yield "model.word_embeddings.weight", emb.to(dtype)
     for i in range(cfg["num_hidden_layers"]):
         yield from layer_tensors(cfg, i, g, dtype)
     yield "model.norm.weight", (1 + 0.1 * torch.randn(H, generator=g)).to(dtype)
     head = torch.randn(V, H, generator=g) * H ** -0.5 * (PEAKY_SCALE if peaky else 1.0)
+    for edit_id, u in zip(keyed, directions, strict=True):
+        head[edit_id] = ROW_GAIN * u
     yield "lm_head.weight", head.to(dtype)
 
 

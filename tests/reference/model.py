@@ -89,12 +89,15 @@ class ReferenceModel:
         return (torch.nn.functional.silu(gate) * up) @ self.w[prefix + "down_proj.weight"].t()
 
     def route(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """§5 steps 1–8 → (expert ids [N, k], weights [N, k])."""
+        """§5 steps 1–8 → (expert ids [N, k], weights [N, k]); LLaDA2.2 configs
+        (`expert_capacity` > 0) route per block instead (`block_route`)."""
         p = f"model.layers.{i}.mlp.gate."
         E, k = self.c["num_experts"], self.c["num_experts_per_tok"]
         G, TG = self.c.get("n_group", 1), self.c.get("topk_group", 1)
         scores = torch.sigmoid(x.float() @ self.w[p + "weight"].float().t())  # [N, E]
         biased = scores + self.w[p + "expert_bias"].float()  # selection only
+        if self.c.get("expert_capacity"):
+            return self.block_route(scores, biased)
         per_group = E // G
         group_scores = biased.view(-1, G, per_group).topk(2, dim=-1).values.sum(-1)  # [N, G]
         keep = group_scores.topk(TG, dim=-1).indices
@@ -105,6 +108,29 @@ class ReferenceModel:
         weights = scores.gather(1, ids)
         if k > 1:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        return ids, weights * self.c.get("routed_scaling_factor", 1.0)
+
+    def block_route(self, scores: torch.Tensor, biased: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """llada2x-decoding §3.5, one block and one token at a time: the forward's tokens in
+        consecutive blocks of `block_size`; a block admits the `expert_capacity` experts whose
+        highest biased score over its tokens is largest; each token takes its top-k biased
+        scores among the admitted experts (no expert groups); weights are the unbiased scores
+        there, renormalised (+1e-20, when k > 1, as §5) and scaled."""
+        N, E = scores.shape
+        B, C = self.c.get("block_size", 32), self.c["expert_capacity"]
+        k = self.c["num_experts_per_tok"]
+        assert N % B == 0, f"block routing needs whole {B}-token blocks, got {N} tokens"
+        ids = torch.empty(N, k, dtype=torch.long)
+        weights = torch.empty(N, k)
+        for b in range(0, N, B):
+            best = [max(biased[t, j].item() for t in range(b, b + B)) for j in range(E)]
+            admitted = sorted(range(E), key=lambda j: best[j], reverse=True)[:C]
+            for t in range(b, b + B):
+                chosen = sorted(admitted, key=lambda j: biased[t, j].item(), reverse=True)[:k]
+                w = scores[t, chosen]
+                ids[t] = torch.tensor(chosen)
+                weights[t] = w / (w.sum() + 1e-20) if k > 1 else w
         return ids, weights * self.c.get("routed_scaling_factor", 1.0)
 
     def moe(self, i: int, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ from server.model.config import ModelConfig
 from server.model.tokenizer import load_tokenizer
 from server.tiny import make_tiny_model
 from server.tiny.generate import model_config
-from server.tiny.tokenizer import SPECIAL_TOKENS
+from server.tiny.tokenizer import EDIT_TOKENS, SPECIAL_TOKENS
+from server.tiny.weights import edit_keys
 
 
 def expected_names(cfg: dict) -> set[str]:
@@ -37,7 +38,8 @@ def expected_names(cfg: dict) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("arch,mode", [("llada2", "diffusion"), ("ling2", "ar")])
+@pytest.mark.parametrize("arch,mode", [("llada2", "diffusion"), ("llada2.2", "diffusion"),
+                                       ("ling2", "ar")])
 def test_checkpoint_format(tmp_path: Path, arch: str, mode: str) -> None:
     d = make_tiny_model(tmp_path, arch=arch, layers=3)
     for f in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -159,3 +161,75 @@ def test_large_checkpoints_are_sharded_with_an_index(tmp_path: Path,
         merged |= load_file(d / f)
     assert merged.keys() == single.keys() == index.keys()
     assert all(torch.equal(merged[k], single[k]) for k in single)
+
+
+def test_llada22_checkpoint(tiny_llada2: Path, tiny_llada22: Path) -> None:
+    cfg = json.loads((tiny_llada22 / "config.json").read_text())
+    tok = load_tokenizer(tiny_llada22)
+    delete, split = tok.hf.convert_tokens_to_ids(list(EDIT_TOKENS))
+    assert (cfg["delete_token_id"], cfg["split_token_id"]) == (delete, split)
+    assert (cfg["expert_capacity"], cfg["block_size"], cfg["num_experts"]) == (4, 32, 8)
+    mc = ModelConfig.from_dict(cfg)
+    assert mc.levenshtein and mc.block_routing and mc.mode == "diffusion"
+    assert max(delete, split) < mc.vocab_size
+    gen = json.loads((tiny_llada22 / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == tok.hf.convert_tokens_to_ids(["<|endoftext|>",
+                                                                "<|role_end|>"])
+    assert gen["mask_token_id"] == tok.mask_id
+    # the edit tokens come after the other tokens: every other id is as in the llada2 model
+    old = load_tokenizer(tiny_llada2).hf
+    assert tok.hf.convert_tokens_to_ids(list(SPECIAL_TOKENS)) == old.convert_tokens_to_ids(
+        list(SPECIAL_TOKENS))
+    assert old.convert_tokens_to_ids(EDIT_TOKENS[0]) == old.unk_token_id  # absent there
+    assert tok.decode([delete, split]) == ""  # special: dropped from text
+    assert tok.encode("<|delete|>") != [delete]  # user text never becomes an edit id
+    real = ModelConfig.from_dict(model_config("llada2.2", 832, 0, config_of="flash",
+                                              edit_ids=(156930, 156931)))
+    assert real.expert_capacity == 48 and real.levenshtein
+
+
+def test_llada22_peaky_edit_tokens_win_at_their_keys(tiny_llada22: Path,
+                                                     tiny_llada22_peaky: Path) -> None:
+    """Greedy argmax over random canvases (a prompt of ordinary tokens, then masks): with
+    `peaky` DELETE / SPLIT win at nearly every position holding one of their key tokens,
+    rarely elsewhere, never at a mask; the plain 2.2 model almost never picks them."""
+    from tests.reference.decode import block_causal_visible
+    from tests.reference.model import load_reference
+
+    def rates(d: Path) -> dict[str, float]:
+        ref, tok = load_reference(d), load_tokenizer(d)
+        delete, split = ref.c["delete_token_id"], ref.c["split_token_id"]
+        ordinary = min(tok.hf.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
+        keys = edit_keys(ref.c, ordinary)
+        hits = dict.fromkeys(("delete@key", "split@key", "edit@other", "edit@mask"), 0.0)
+        counts = dict.fromkeys(hits, 0)
+        for seed in range(4):
+            ids = torch.randint(0, ordinary, (96,), generator=torch.Generator().manual_seed(seed))
+            ids[64:] = tok.mask_id
+            logits = ref.forward(ids, block_causal_visible(96, 32))
+            logits[:, tok.mask_id] = -torch.inf
+            top = logits.argmax(-1)
+            edit = (top == delete) | (top == split)
+            at_d = torch.isin(ids, torch.tensor(keys[delete]))
+            at_s = torch.isin(ids, torch.tensor(keys[split]))
+            other = ~at_d & ~at_s & (ids != tok.mask_id)
+            for name, sel, hit in (("delete@key", at_d, top == delete),
+                                   ("split@key", at_s, top == split), ("edit@other", other, edit),
+                                   ("edit@mask", ids == tok.mask_id, edit)):
+                hits[name] += float(hit[sel].sum())
+                counts[name] += int(sel.sum())
+        return {k: hits[k] / counts[k] for k in hits}
+
+    peaky, plain = rates(tiny_llada22_peaky), rates(tiny_llada22)
+    assert peaky["delete@key"] > 0.8 and peaky["split@key"] > 0.8
+    assert peaky["edit@other"] < 0.05 and peaky["edit@mask"] == 0
+    assert max(plain.values()) < 0.05
+
+
+def test_cli_llada22(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "m"
+    assert main(["make-tiny-model", str(out), "--arch", "llada2.2", "--peaky", "--layers", "1",
+                 "--config-only"]) == 0
+    assert "wrote llada2.2 checkpoint" in capsys.readouterr().out
+    mc = ModelConfig.from_file(out / "config.json")
+    assert mc.levenshtein and mc.block_routing and mc.num_hidden_layers == 1
