@@ -146,7 +146,8 @@ class BlockDiffusion:
         return [i >= frozen and t == self.mask_id for i, t in enumerate(seq.block)]
 
     def greedy_suffices(self, segments: list[Segment]) -> bool:
-        return all(plain_greedy(s.seq) for s in segments)
+        # LLaDA2.2 rows need the runner-up and the edit ids' logits (docs/llada22.md)
+        return self.edit_ids is None and all(plain_greedy(s.seq) for s in segments)
 
     def accept(self, segments: list[Segment], logits: Logits) -> list[int]:
         seqs = [s.seq for s in segments]

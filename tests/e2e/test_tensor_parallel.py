@@ -242,3 +242,19 @@ def test_offline_llm_tp2_closes_its_ranks(tiny_llada2_peaky: Path,
         assert private.is_dir() and all(p.poll() is None for p in procs)
     assert got == single_texts
     assert all(p.poll() == 0 for p in procs) and not private.exists()
+
+
+def test_tp2_llada22_equals_tp1(tiny_llada22_peaky: Path) -> None:
+    """LLaDA2.2 under TP 2: block routing on the replicated router, expert-parallel MoE, the
+    Levenshtein rule on rank 0 (its rows always gather whole logit slices)."""
+    model_dir = tiny_llada22_peaky
+    reqs = [(f"l{i}", make_prompt(model_dir, 20 + 17 * i, seed=40 + i),
+             SamplingParams(max_tokens=60, threshold=0.5, editing_threshold=[0.0, "off"][i % 2],
+                            max_post_steps=4 if i % 2 == 0 else None)) for i in range(4)]
+    single = run(make_engine(model_dir), reqs, stagger=1)
+    engine = make_engine(model_dir, tensor_parallel_size=2)
+    try:
+        parallel = run(engine, reqs, stagger=1)
+    finally:
+        engine.close()
+    assert parallel.tokens == single.tokens and parallel.reasons == single.reasons
