@@ -359,6 +359,9 @@ class LevenshteinState:
     step: int = 0  # iterations of this block so far
     post: int = 0  # consecutive iterations that started with no original mask
     seen: set[tuple[int, ...]] = field(default_factory=set)  # written states (anti-loop)
+    # after an iteration: the cell each cell came from in its scan (None: an inserted or
+    # padding mask); None when nothing moved
+    sources: list[int | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,7 +113,6 @@ class OpenAIServing:
     def _params(self, req: SamplingFields, max_tokens: int, index: int,
                 constrained: bool = False) -> SamplingParams:
         seed = None if req.seed is None else req.seed + index
-        self._check_levenshtein(req, constrained)
         prompt_lp = req.prompt_logprobs_wanted()
         canvas = bool(req.stream_options and req.stream_options.include_canvas)
         if canvas and self.engine.info.mode != "diffusion":
@@ -125,7 +124,7 @@ class OpenAIServing:
                                 "defined for a block-diffusion model, which has no "
                                 "left-to-right distribution over its prompt", param="echo")
         try:
-            return SamplingParams(
+            params = SamplingParams(
                 max_tokens=max_tokens, temperature=req.temperature or 0.0,
                 top_k=req.top_k or 0, top_p=req.top_p if req.top_p is not None else 1.0,
                 seed=seed, threshold=req.threshold, stop=req.stop_list(),
@@ -136,10 +135,14 @@ class OpenAIServing:
                 min_tokens=req.min_tokens or 0, canvas=canvas)
         except ValueError as e:
             raise APIError(400, str(e)) from None
+        self._check_levenshtein(req, params, constrained)
+        return params
 
-    def _check_levenshtein(self, req: SamplingFields, constrained: bool) -> None:
+    def _check_levenshtein(self, req: SamplingFields, p: SamplingParams, constrained: bool
+                           ) -> None:
         """LLaDA2.2 editing is greedy and moves cells (docs/llada22.md): a request that will
-        edit may not sample or ask for log-probabilities. Constrained requests never edit."""
+        edit may not sample, ask for log-probabilities or a positional `min_tokens`.
+        Constrained requests never edit."""
         info = self.engine.info
         t = req.editing_threshold
         edits = t not in (None, EDITING_OFF) or (t is None and info.editing_default)
@@ -147,10 +150,12 @@ class OpenAIServing:
             return
         why = ("with LLaDA2.2 Levenshtein editing on (editing_threshold \"off\" allows it): "
                "decoding is greedy and cells move within a block")
-        if req.temperature:
+        if not p.greedy:
             raise APIError(400, f"temperature > 0 is refused {why}", param="temperature")
-        if req.top_logprobs_wanted() is not None:
+        if p.logprobs is not None:
             raise APIError(400, f"logprobs are refused {why}", param="logprobs")
+        if p.min_tokens:
+            raise APIError(400, f"min_tokens is refused {why}", param="min_tokens")
 
     def _check_ids(self, ids: list[int], param: str) -> None:
         vocab = self.engine.info.vocab_size

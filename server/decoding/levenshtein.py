@@ -40,9 +40,10 @@ def choose(logits: torch.Tensor, ids: EditIds) -> Choice:
     probs = x.softmax(-1)  # [B, V]
     v = probs.argmax(-1)  # [B]
     p = probs.gather(1, v[:, None])[:, 0]  # [B]
+    probs[:, ids.mask] = -1.0  # excluded ids rank below every probability
     second = probs.scatter(1, v[:, None], -1.0).argmax(-1)  # [B]: best other than v
-    x[:, [ids.delete, ids.split]] = -torch.inf
-    plain = x.argmax(-1)  # [B]
+    probs[:, [ids.delete, ids.split]] = -1.0
+    plain = probs.argmax(-1)  # [B]: best that is no edit id
     rows = torch.stack([v, second, plain], 1).tolist()  # [B, 3]
     return Choice([r[0] for r in rows], p.tolist(), [r[1] for r in rows],
                   [r[2] for r in rows])
@@ -60,6 +61,7 @@ def iterate(seq: Sequence, logits: torch.Tensor, ids: EditIds, threshold: float,
     the block is complete (its forward's input was the final block, so its KV is final)."""
     assert seq.block is not None and seq.levenshtein is not None
     st: LevenshteinState = seq.levenshtein
+    st.sources = None
     x, B, P = seq.block, len(seq.block), seq.prompt_len
     gen = [seq.block_start + i >= P for i in range(B)]
     if st.orig is None:  # the block's first iteration: its generated cells are all masks
@@ -102,7 +104,7 @@ def iterate(seq: Sequence, logits: torch.Tensor, ids: EditIds, threshold: float,
         written = _break_loop(written, writes, c, st.seen)
     st.seen.add(tuple(written))
     seq.block_edits += sum(1 for i in writes if i not in masked)
-    new, flags = _scan(x, written, st.orig, gen, ids)
+    new, flags, st.sources = _scan(x, written, st.orig, gen, ids)
     if not masked and new == x:  # stable end
         seq.block_settled = True
         return committed
@@ -124,24 +126,30 @@ def _break_loop(written: list[int], writes: dict[int, int], c: Choice,
 
 
 def _scan(x: list[int], written: list[int], orig: list[bool], gen: list[bool], ids: EditIds
-          ) -> tuple[list[int], list[bool]]:
+          ) -> tuple[list[int], list[bool], list[int | None]]:
     """Rule 9: consume DELETE and SPLIT left to right; truncate or pad with masks to B cells.
-    Prompt cells (a prefix of the block) stay in place."""
+    Prompt cells (a prefix of the block) stay in place. Also each new cell's source cell (None
+    for an inserted or padding mask)."""
     B = len(x)
     new: list[int] = []
     flags: list[bool] = []
+    sources: list[int | None] = []
     for i in range(B):
         t = written[i]
         if not gen[i]:
             new.append(x[i])
             flags.append(False)
+            sources.append(i)
         elif t == ids.delete:
             continue
         elif t == ids.split:
             new += [ids.mask, x[i]]
             flags += [False, orig[i]]
+            sources += [None, i]
         else:
             new.append(t)
             flags.append(orig[i])
+            sources.append(i)
     pad = max(0, B - len(new))
-    return new[:B] + [ids.mask] * pad, flags[:B] + [False] * pad
+    return (new[:B] + [ids.mask] * pad, flags[:B] + [False] * pad,
+            sources[:B] + [None] * pad)

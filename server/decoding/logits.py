@@ -13,10 +13,10 @@ from unmask_kernels import SamplingBatch
 
 def plain_greedy(seq: Sequence) -> bool:
     """Greedy with nothing that needs the logit rows themselves: no grammar, logit bias,
-    min_tokens ban, log-probabilities or canvas confidences."""
+    min_tokens ban or log-probabilities (canvas confidences of greedy rows are the argmax's)."""
     p = seq.params
     return (p.greedy and seq.grammar is None and not p.logit_bias and not p.min_tokens
-            and p.logprobs is None and not p.canvas)
+            and p.logprobs is None)
 
 
 def row_sampling(seq: Sequence) -> RowSampling | None:
@@ -112,37 +112,52 @@ def record_prompt_logprobs(seq: Sequence, logits: torch.Tensor) -> None:
     seq.prompt_logprobs = entries
 
 
-def record_canvas(seqs: list[Sequence], logits: torch.Tensor, before: list[list[int] | None],
-                  mask_id: int) -> None:
+def record_canvas(seqs: list[Sequence], logits: torch.Tensor | None,
+                  before: list[list[int] | None], mask_id: int,
+                  greedy_conf: torch.Tensor | None = None) -> None:
     """For rows with `params.canvas`, after acceptance: the cells this step unmasked and
     rewrote (`Sequence.canvas_changes`), and each written token's probability under
     softmax(logits) with the mask id excluded (`Sequence.canvas_confidence`, per cell).
-    logits [S, B, V]; `before[i]`: row i's block at the top of the step. Only those rows pay:
-    one softmax over the cells they wrote."""
+    logits [S, B, V], or for greedy rows `greedy_conf` [S, B] (the argmax's probability, which
+    is the written token's); `before[i]`: row i's block at the top of the step. Only those rows
+    pay: one softmax over the cells they wrote. A LLaDA2.2 row's cells may have moved (its
+    scan's `sources`): a cell is compared with, and keeps the confidence of, its source."""
     rows: list[int] = []
-    offsets: list[int] = []
+    offsets: list[int] = []  # the written cell's logit row (its source)
+    cells: list[int] = []  # where the token now is
+    tokens: list[int] = []
     for i, (seq, old) in enumerate(zip(seqs, before, strict=True)):
         if not seq.params.canvas or old is None or seq.block is None:
             continue
-        new = seq.block
-        if seq.canvas_confidence is None:
-            seq.canvas_confidence = [None] * len(new)
-        committed = tuple(o for o, (a, b) in enumerate(zip(old, new, strict=True))
-                          if a == mask_id and b != mask_id)
-        edited = tuple(o for o, (a, b) in enumerate(zip(old, new, strict=True))
-                       if a not in (mask_id, b))
+        new, B = seq.block, len(seq.block)
+        moved = seq.levenshtein.sources if seq.levenshtein is not None else None
+        src: list[int | None] = list(moved) if moved is not None else list(range(B))
+        kept = seq.canvas_confidence or [None] * B
+        seq.canvas_confidence = [None if s is None else kept[s] for s in src]
+        committed = tuple(o for o, s in enumerate(src)
+                          if s is not None and old[s] == mask_id and new[o] != mask_id)
+        edited = tuple(o for o, s in enumerate(src)
+                       if s is not None and old[s] not in (mask_id, new[o]))
         seq.canvas_changes = (committed, edited)
-        rows += [i] * (len(committed) + len(edited))
-        offsets += [*committed, *edited]
+        for o in (*committed, *edited):
+            source = src[o]
+            assert source is not None
+            rows.append(i)
+            offsets.append(source)
+            cells.append(o)
+            tokens.append(new[o])
     if not rows:
         return
-    dev = logits.device
-    tokens = torch.tensor([seqs[i].token_at(o) for i, o in zip(rows, offsets, strict=True)],
-                          device=dev)
-    lp = logits[torch.tensor(rows, device=dev), torch.tensor(offsets, device=dev)].float()
-    lp[:, mask_id] = -torch.inf  # [W, V]
-    probs = lp.log_softmax(-1).gather(1, tokens[:, None])[:, 0].exp().tolist()  # one read
-    for i, o, p in zip(rows, offsets, probs, strict=True):
+    if greedy_conf is not None:
+        probs = greedy_conf[rows, offsets].tolist()  # one read
+    else:
+        assert logits is not None
+        dev = logits.device
+        lp = logits[torch.tensor(rows, device=dev), torch.tensor(offsets, device=dev)].float()
+        lp[:, mask_id] = -torch.inf  # [W, V]
+        chosen = torch.tensor(tokens, device=dev)[:, None]
+        probs = lp.log_softmax(-1).gather(1, chosen)[:, 0].exp().tolist()  # one read
+    for i, o, p in zip(rows, cells, probs, strict=True):
         conf = seqs[i].canvas_confidence
         assert conf is not None
         conf[o] = p

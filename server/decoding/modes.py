@@ -153,8 +153,12 @@ class BlockDiffusion:
         seqs = [s.seq for s in segments]
         S, B = len(seqs), self.block_size
         if isinstance(logits, GreedyRows):  # greedy_suffices: nothing below needs the rows
-            return self._accept_free(seqs, None, (logits.token.view(S, B),
-                                                  logits.confidence.view(S, B)))
+            conf = logits.confidence.view(S, B)
+            before = [list(s.block) if s.params.canvas and s.block is not None else None
+                      for s in seqs]
+            counts = self._accept_free(seqs, None, (logits.token.view(S, B), conf))
+            record_canvas(seqs, None, before, self.mask_id, greedy_conf=conf)
+            return counts
         logits = logits.view(S, B, -1)
         before = [list(s.block) if (s.params.logprobs is not None or s.params.canvas)
                   and s.block is not None else None for s in seqs]

@@ -178,10 +178,12 @@ class Engine:
                              f"{p.max_tokens} to generate), {pages} KV pages; the whole KV "
                              f"pool holds {self.kv.pool.num_pages}")
         seq = self.mode.new_sequence(req)
-        if seq.levenshtein is not None and (not p.greedy or p.logprobs is not None):
+        if seq.levenshtein is not None and (not p.greedy or p.logprobs is not None
+                                            or p.min_tokens or p.min_commit != 1):
             raise ValueError("LLaDA2.2 Levenshtein editing is greedy and moves cells within a "
-                             "block: temperature > 0 and logprobs are refused with editing on "
-                             "(editing_threshold \"off\" allows them; docs/llada22.md)")
+                             "block: temperature > 0, logprobs, min_tokens and min_commit are "
+                             "refused with editing on (editing_threshold \"off\" allows them; "
+                             "docs/llada22.md)")
         if not p.greedy:
             seed = p.seed if p.seed is not None else self._rng.randrange(1 << 62)
             seq.generator = torch.Generator(self.device).manual_seed(seed)

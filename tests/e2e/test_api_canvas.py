@@ -121,3 +121,34 @@ def test_autoregressive_checkpoint_refuses_it(tiny_ling2: Path) -> None:
         assert r.json()["error"]["param"] == "stream_options.include_canvas"
     finally:
         srv.stop()
+
+
+def test_llada22_frames_replay_and_report_moved_cells(tiny_llada22_peaky: Path) -> None:
+    """On a LLaDA2.2 checkpoint cells move within a block (DELETE/SPLIT): replaying the frames
+    still gives the answer; masked cells never carry a confidence; no frame shows an edit id."""
+    from server.model.specials import read_special_ids
+
+    sp = read_special_ids(tiny_llada22_peaky)
+    srv = RemoteServer(tiny_llada22_peaky, "--num-pages", "512")
+    try:
+        body = {"model": "tiny", "prompt": make_prompt(tiny_llada22_peaky, 45, seed=11),
+                "max_tokens": 90, "ignore_eos": True, "threshold": 0.5,
+                "return_token_ids": True}
+        want = httpx.post(srv.url + "/v1/completions", headers=HEADERS, json=body,
+                          timeout=120).json()["choices"][0]["token_ids"]
+        frames = _frames(_sse(srv, "/v1/completions", body | {
+            "stream": True, "stream_options": {"include_canvas": True}}))
+    finally:
+        srv.stop()
+    cells: dict[int, int] = {}
+    for f in frames:
+        for o, t in enumerate(f["tokens"]):
+            if t is not None:
+                cells[f["block_start"] + o] = t
+            else:
+                assert f["confidence"][o] is None
+        if f["block_done"]:
+            assert {sp.delete_id, sp.split_id} & set(f["tokens"]) == set()
+    start = frames[0]["prompt_len"]
+    assert [cells[start + k] for k in range(len(want))] == want
+    assert any(f["edited"] for f in frames)  # the peaky checkpoint edits

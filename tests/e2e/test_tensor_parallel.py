@@ -35,7 +35,9 @@ def _requests(model_dir: Path, diffusion: bool) -> list[tuple]:
             for i, (P, m) in enumerate([(1, 33), (31, 40), (32, 64), (70, 45), (100, 20)])] + [
         ("lp", make_prompt(model_dir, 40, seed=20), SamplingParams(max_tokens=30, logprobs=2))
     ] + ([("edit", make_prompt(model_dir, 12, seed=21),  # LLaDA2.1 editing under TP too
-           SamplingParams(max_tokens=40, editing_threshold=0.5))] if diffusion else [])
+           SamplingParams(max_tokens=40, editing_threshold=0.5)),
+          ("canvas", make_prompt(model_dir, 9, seed=22),  # canvas rows stay on the summary path
+           SamplingParams(max_tokens=40, canvas=True))] if diffusion else [])
 
 
 @pytest.mark.parametrize(("weights", "tp", "options"), [

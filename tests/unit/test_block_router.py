@@ -221,8 +221,8 @@ def test_expert_parallel_ranks_sum_to_the_block_routed_moe() -> None:
 
 
 def test_engine_generates_on_a_llada22_checkpoint(tiny_llada22: Path) -> None:
-    """2.1-style decoding runs on a 2.2 checkpoint: prompts of any length (the tail travels in
-    the active block), chunked prefill of whole blocks, two sequences per forward."""
+    """The engine runs a 2.2 checkpoint: prompts of any length (the tail travels in the
+    active block), chunked prefill of whole blocks, two sequences per forward."""
     from server import LLM, SamplingParams
 
     with LLM(str(tiny_llada22), device="cpu", num_pages=64, max_num_batched_tokens=64) as llm:
