@@ -27,10 +27,10 @@ ROOT_PAGE = """<!doctype html>
 <h1>unmask</h1>
 <p>An OpenAI-compatible server for block-diffusion language models.</p>
 <ul>
-<li><a href="/playground">Playground</a>: watch the model unmask, step by step</li>
-<li><a href="/v1/models">/v1/models</a> (API key required if the server has one)</li>
-<li><a href="/docs">API reference</a></li>
-<li><a href="/metrics">/metrics</a></li>
+<li><a href="playground">Playground</a>: watch the model unmask, step by step</li>
+<li><a href="v1/models">/v1/models</a> (API key required if the server has one)</li>
+<li><a href="docs">API reference</a></li>
+<li><a href="metrics">/metrics</a></li>
 </ul>
 </body></html>
 """

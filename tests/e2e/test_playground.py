@@ -234,7 +234,7 @@ def _open(page: Page, srv: RemoteServer) -> None:
     """From `/` through its link, the API key typed in, the model listed."""
     page.page.set_default_timeout(WAIT_MS)  # the machine may be busy with a server's forwards
     page.page.goto(srv.url + "/")
-    page.page.click("a[href='/playground']")
+    page.page.click("a[href='playground']")
     page.page.wait_for_function("document.getElementById('model-info').textContent"
                                 ".includes('API key')")
     page.page.fill("#api-key", srv.api_key or "")

@@ -59,7 +59,9 @@
   }
 
   function endpoint(base) {
-    return `${base}/v1/${chatMode() ? "chat/completions" : "completions"}`;
+    // relative to the page when on this server, so a reverse proxy's path prefix is kept
+    const path = `v1/${chatMode() ? "chat/completions" : "completions"}`;
+    return base ? `${base}/${path}` : path;
   }
 
   // Server-sent events of a fetch response, one parsed `data:` object at a time.
@@ -459,7 +461,7 @@
       return;
     }
     try {
-      const response = await fetch("/v1/models", { headers: headers(key) });
+      const response = await fetch("v1/models", { headers: headers(key) });
       if (!response.ok) {
         $("model-info").textContent = (await errorOf(response)).message;
         return;
