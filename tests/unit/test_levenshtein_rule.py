@@ -21,7 +21,8 @@ from tests.unit.test_reference_levenshtein import (
     Script,
     decode,
     dist,
-    own,
+    endless_script,
+    final_round_script,
     random_fill,
     states,
     table,
@@ -47,26 +48,6 @@ def engine_block(script: Script, threshold: float, editing: float, posts: int
     return seq.block, forwards
 
 
-def final_round(blk: list[int], b: int) -> list:
-    shifted = A[:5] + A[6:] + [MASK]
-    if blk == A:
-        return own(blk, c5={DEL: 0.99})
-    if blk == shifted:
-        return own(blk, c31={SPL: 0.9, 3: 0.05}, c7={DEL: 0.8, 44: 0.1},
-                   c9={SPL: 0.8, blk[9]: 0.1})
-    return own(blk)
-
-
-def endless(blk: list[int], b: int) -> list:
-    out = own(blk, lambda i: {20 + i: 0.99})
-    if blk[0] == MASK:
-        out[0] = {DEL: 0.99, 5: 0.005}
-    if blk[1] == MASK:
-        out[1] = {SPL: 0.99, 6: 0.005}
-    out[31] = {51: 0.99} if blk[31] == MASK else {(blk[31] + 1) % 64: 0.99}
-    return out
-
-
 S0, S1, S2 = states(), states(c2=40, c6=41), states(c6=45)
 U = {i: states(**{f"c{i}": 60 + i}) for i in range(7)}
 FIVE: dict = {S0: {"c6": {66: 0.9}}}
@@ -79,7 +60,7 @@ FIVE[states(**{f"c{i}": 60 + i for i in range(7)})] = {
 CASES: dict[str, tuple[Script, float, float, int]] = {
     "threshold decode": (random_fill, 0.6, 0.0, 16),
     "threshold decode, no post-steps": (random_fill, 0.6, 0.0, 0),
-    "final-round scrub": (final_round, 0.5, 0.5, 2),
+    "final-round scrub": (final_round_script, 0.5, 0.5, 2),
     "anti-loop": (table({S0: {"c2": {40: 0.9}, "c6": {41: 0.7, 45: 0.2}},
                          S1: {"c2": {12: 0.9}, "c6": {16: 0.7, 45: 0.2}}}), 0.5, 0.5, 16),
     "anti-loop, next cell": (table({S0: {"c6": {45: 0.9}},
@@ -89,7 +70,7 @@ CASES: dict[str, tuple[Script, float, float, int]] = {
     "anti-loop, all tries fail": (table({S0: {"c6": {45: 0.9}},
                                          S2: {"c6": {16: 0.9, 45: 0.05}}}), 0.5, 0.5, 16),
     "anti-loop, five cells": (table(FIVE), 0.5, 0.5, 16),
-    "iteration cap": (endless, 0.5, 0.5, 4),
+    "iteration cap": (endless_script, 0.5, 0.5, 4),
 }
 
 

@@ -191,18 +191,21 @@ def test_split_on_a_masked_cell_gives_two_masks() -> None:
 # (d) final-round scrub
 
 
+SHIFTED = A[:5] + A[6:] + [MASK]
+
+
+def final_round_script(blk: list[int], b: int) -> list[Spec]:
+    if blk == A:
+        return own(blk, c5={DEL: 0.99})
+    if blk == SHIFTED:
+        return own(blk, c31={SPL: 0.9, 3: 0.05}, c7={DEL: 0.8, 44: 0.1},
+                   c9={SPL: 0.8, blk[9]: 0.1})
+    return own(blk)
+
+
 def test_final_round_scrubs_delete_and_split() -> None:
-    shifted = A[:5] + A[6:] + [MASK]
-
-    def script(blk: list[int], b: int) -> list[Spec]:
-        if blk == A:
-            return own(blk, c5={DEL: 0.99})
-        if blk == shifted:
-            return own(blk, c31={SPL: 0.9, 3: 0.05}, c7={DEL: 0.8, 44: 0.1},
-                       c9={SPL: 0.8, blk[9]: 0.1})
-        return own(blk)
-
-    out, forwards, trace, _ = decode(script, max_post_steps=2)
+    shifted = SHIFTED
+    out, forwards, trace, _ = decode(final_round_script, max_post_steps=2)
     it = iterations(trace)
     final = it[2]
     assert final["final"] and not final["closing"] and final["post"] == 2
@@ -291,19 +294,20 @@ def test_anti_loop_tries_at_most_five_cells() -> None:
 # (f) the iteration cap
 
 
-def test_an_endlessly_editing_block_stops_at_cap() -> None:
-    def script(blk: list[int], b: int) -> list[Spec]:
-        out = own(blk, lambda i: {20 + i: 0.99})
-        if blk[0] == MASK:
-            out[0] = {DEL: 0.99, 5: 0.005}
-        if blk[1] == MASK:
-            out[1] = {SPL: 0.99, 6: 0.005}
-        out[31] = {51: 0.99} if blk[31] == MASK else {(blk[31] + 1) % 64: 0.99}
-        return out
+def endless_script(blk: list[int], b: int) -> list[Spec]:
+    out = own(blk, lambda i: {20 + i: 0.99})
+    if blk[0] == MASK:
+        out[0] = {DEL: 0.99, 5: 0.005}
+    if blk[1] == MASK:
+        out[1] = {SPL: 0.99, 6: 0.005}
+    out[31] = {51: 0.99} if blk[31] == MASK else {(blk[31] + 1) % 64: 0.99}
+    return out
 
+
+def test_an_endlessly_editing_block_stops_at_cap() -> None:
     post = 4
     cap = B + post + 2
-    out, forwards, trace, model = decode(script, max_post_steps=post)
+    out, forwards, trace, model = decode(endless_script, max_post_steps=post)
     it = iterations(trace)
     # [DEL, SPLIT] over [new mask, original mask] keeps an original mask: post never counts
     assert all(t["o"] == 1 and t["post"] == 0 for t in it[1:])
