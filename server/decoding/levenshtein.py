@@ -32,21 +32,21 @@ class Choice:
     plain: list[int]
 
 
-def choose(logits: torch.Tensor, ids: EditIds) -> Choice:
-    """logits [B, V] (processed, fp32) → one host read of what the rule needs. Every argmax
-    tie goes to the lowest id."""
+def choose(logits: torch.Tensor, ids: EditIds) -> list[Choice]:
+    """logits [R, B, V] of R editing rows (processed) → one host read of what the rule needs,
+    per row. Every argmax tie goes to the lowest id."""
     x = logits.float().clone()
-    x[:, ids.mask] = -torch.inf
-    probs = x.softmax(-1)  # [B, V]
-    v = probs.argmax(-1)  # [B]
-    p = probs.gather(1, v[:, None])[:, 0]  # [B]
-    probs[:, ids.mask] = -1.0  # excluded ids rank below every probability
-    second = probs.scatter(1, v[:, None], -1.0).argmax(-1)  # [B]: best other than v
-    probs[:, [ids.delete, ids.split]] = -1.0
-    plain = probs.argmax(-1)  # [B]: best that is no edit id
-    rows = torch.stack([v, second, plain], 1).tolist()  # [B, 3]
-    return Choice([r[0] for r in rows], p.tolist(), [r[1] for r in rows],
-                  [r[2] for r in rows])
+    x[..., ids.mask] = -torch.inf
+    probs = x.softmax(-1)  # [R, B, V]
+    v = probs.argmax(-1)  # [R, B]
+    p = probs.gather(-1, v[..., None])[..., 0]  # [R, B]
+    probs[..., ids.mask] = -1.0  # excluded ids rank below every probability
+    second = probs.scatter(-1, v[..., None], -1.0).argmax(-1)  # [R, B]: best other than v
+    probs[..., [ids.delete, ids.split]] = -1.0
+    plain = probs.argmax(-1)  # [R, B]: best that is no edit id
+    host = torch.stack([v.to(p.dtype), second.to(p.dtype), plain.to(p.dtype), p], -1).tolist()
+    return [Choice([int(c[0]) for c in row], [c[3] for c in row], [int(c[1]) for c in row],
+                   [int(c[2]) for c in row]) for row in host]  # ids exact below 2^24
 
 
 def cap(block_size: int, max_post_steps: int) -> int:
@@ -54,9 +54,8 @@ def cap(block_size: int, max_post_steps: int) -> int:
     return block_size + max_post_steps + 2
 
 
-def iterate(seq: Sequence, logits: torch.Tensor, ids: EditIds, threshold: float,
-            editing: Editing) -> int:
-    """One iteration of the row's active block after its forward (`logits` [B, V]): applies
+def iterate(seq: Sequence, c: Choice, ids: EditIds, threshold: float, editing: Editing) -> int:
+    """One iteration of the row's active block after its forward (`c`: its `choose`): applies
     the rule to `seq.block` and returns the cells M2T committed. Sets `seq.block_settled` when
     the block is complete (its forward's input was the final block, so its KV is final)."""
     assert seq.block is not None and seq.levenshtein is not None
@@ -75,7 +74,6 @@ def iterate(seq: Sequence, logits: torch.Tensor, ids: EditIds, threshold: float,
     if not masked and (st.post > editing.max_post_steps or st.step >= limit):
         seq.block_settled = True  # budget end: this forward's input was the final block
         return 0
-    c = choose(logits, ids)
     closing = st.step == limit - 1
     final = closing or (o == 0 and st.post >= editing.max_post_steps)
     writes: dict[int, int] = {}

@@ -188,13 +188,18 @@ class BlockDiffusion:
             for i, n in zip(free, self._accept_free([seqs[i] for i in free], logits[rows]),
                             strict=True):
                 counts[i] = n
+        lev = [i for i, s in enumerate(seqs) if s.levenshtein is not None]
+        if lev:  # one pass and one host read for every LLaDA2.2 editing row
+            assert self.edit_ids is not None
+            rows = torch.tensor(lev, device=logits.device)
+            for i, c in zip(lev, levenshtein.choose(logits[rows], self.edit_ids), strict=True):
+                seq = seqs[i]
+                assert seq.editing is not None
+                counts[i] = levenshtein.iterate(seq, c, self.edit_ids, self._threshold(seq),
+                                                seq.editing)
         for i, seq in enumerate(seqs):
             if seq.grammar is not None:
                 counts[i] = self._accept_constrained(seq, logits[i])
-            elif seq.levenshtein is not None:
-                assert self.edit_ids is not None and seq.editing is not None
-                counts[i] = levenshtein.iterate(seq, logits[i], self.edit_ids,
-                                                self._threshold(seq), seq.editing)
         return counts
 
     def _accept_free(self, seqs: list[Sequence], logits: torch.Tensor | None,

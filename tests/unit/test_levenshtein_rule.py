@@ -42,7 +42,8 @@ def engine_block(script: Script, threshold: float, editing: float, posts: int
     while not seq.block_settled:
         assert seq.block is not None and forwards <= levenshtein.cap(B, posts) + 1
         logits = torch.stack([dist(s) for s in script(list(seq.block), 1)])  # [B, V]
-        levenshtein.iterate(seq, logits, IDS, threshold, seq.editing)  # type: ignore[arg-type]
+        choice, = levenshtein.choose(logits[None], IDS)
+        levenshtein.iterate(seq, choice, IDS, threshold, seq.editing)  # type: ignore[arg-type]
         forwards += 1
     assert seq.block is not None
     return seq.block, forwards
