@@ -212,7 +212,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--attention-backend", default=None,
                    help="auto | torch (SDPA) | flashinfer (CUDA)")
     s.add_argument("--acceptance-backend", default=None, help="auto | torch | triton")
-    s.add_argument("--moe-backend", default=None, help="auto | torch | triton")
+    s.add_argument("--moe-backend", default=None, help="auto | torch | grouped | triton")
     s.add_argument("--enforce-eager", action="store_true",
                    help="no CUDA graphs for denoise steps (no-op on CPU)")
     s.add_argument("--simulate-tpf", type=float, default=None,

@@ -25,7 +25,8 @@ from server.model.specials import SpecialIds, read_special_ids
 log = logging.getLogger(__name__)
 CPU_KV_DEFAULT = 512 << 20
 BACKEND_NAMES = {"attention": ("auto", "torch", "flashinfer"),
-                 "acceptance": ("auto", "torch", "triton"), "moe": ("auto", "torch", "triton")}
+                 "acceptance": ("auto", "torch", "triton"),
+                 "moe": ("auto", "torch", "grouped", "triton")}
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,17 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _OPS: dict[str, dict[str, str]] = {}
+_ON_DEVICE: dict[tuple[str, str, str], str] = {}  # (op, name, device type) → target
 
 
-def register(op: str, name: str, target: str) -> None:
-    """`target` is "package.module:attribute"."""
-    _OPS.setdefault(op, {})[name] = target
+def register(op: str, name: str, target: str, device_type: str | None = None) -> None:
+    """`target` is "package.module:attribute". With `device_type`, it replaces the name's
+    target on that device only (one name, a device-specific implementation chosen at resolve
+    time, so no call branches on the device)."""
+    if device_type is None:
+        _OPS.setdefault(op, {})[name] = target
+    else:
+        _ON_DEVICE[(op, name, device_type)] = target
 
 
 def available(op: str) -> list[str]:
@@ -44,7 +50,9 @@ def resolve(op: str, name: str, device_type: str) -> tuple[str, Any]:
     if name == "triton" and not triton_usable(device_type):
         raise ValueError(f"{op} backend 'triton' needs CUDA or TRITON_INTERPRET=1 on "
                          f"{device_type} (and the triton package)")
-    module, attr = impls[name].split(":")
+    if name == "grouped" and not hasattr(importlib.import_module("torch"), "_grouped_mm"):
+        raise ValueError(f"{op} backend 'grouped' needs a torch with torch._grouped_mm")
+    module, attr = _ON_DEVICE.get((op, name, device_type), impls[name]).split(":")
     impl = getattr(importlib.import_module(module), attr)
     log.info("%s backend: %s (%s)", op, name, device_type)
     return name, impl

@@ -66,7 +66,7 @@ def test_sigterm_drains_in_flight_and_refuses_new(tiny_llada2: Path) -> None:
 
     def long_request() -> None:
         r = srv.client(timeout=60).completions.create(
-            model="tiny", prompt="drain me", max_tokens=150, extra_body={"ignore_eos": True})
+            model="tiny", prompt="drain me", max_tokens=400, extra_body={"ignore_eos": True})
         results.append(r.choices[0].finish_reason)
 
     threads = [threading.Thread(target=long_request) for _ in range(3)]
