@@ -72,6 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
     options = decoding | {k: v for k, v in dict(
         device=args.device, dtype=args.dtype,
         block_size=args.block_size, kv_cache_memory=args.kv_cache_memory,
+        gpu_memory_utilization=args.gpu_memory_utilization, load_format=args.load_format,
         num_pages=args.num_pages, max_running_requests=args.max_running_requests,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         prefix_caching=not args.no_prefix_caching, attention_backend=args.attention_backend,
@@ -195,6 +196,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "speed = 0.5, 0.0, 16 (explicit flags override)")
     s.add_argument("--block-size", type=int, default=None)
     s.add_argument("--kv-cache-memory", default=None, help="e.g. 2GiB")
+    s.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help="share of the GPU's total memory the engine may use; the KV pool gets "
+                        "what the weights, a profiled maximal step and CUDA graphs leave "
+                        "(default 0.9)")
+    s.add_argument("--load-format", choices=("auto", "dummy"), default=None,
+                   help="dummy: random weights from config.json alone (benchmarks, no "
+                        "checkpoint files)")
     s.add_argument("--num-pages", type=int, default=None)
     s.add_argument("--max-running-requests", type=int, default=None)
     s.add_argument("--max-num-batched-tokens", type=int, default=None)
@@ -214,7 +222,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--acceptance-backend", default=None, help="auto | torch | triton")
     s.add_argument("--moe-backend", default=None, help="auto | torch | grouped | triton")
     s.add_argument("--enforce-eager", action="store_true",
-                   help="no CUDA graphs for denoise steps (no-op on CPU)")
+                   help="no CUDA graphs (no-op on CPU)")
     s.add_argument("--simulate-tpf", type=float, default=None,
                    help="BENCHMARKING ONLY: acceptance oracle committing a fixed schedule of "
                         "this many tokens per forward; outputs are not model outputs and every "

@@ -17,7 +17,9 @@ AR_PAGE_SIZE = 32
 @dataclass(frozen=True)
 class CacheConfig:
     kv_cache_memory: int | None = None  # bytes for KV pages; None → fraction/default
-    kv_cache_fraction: float = 0.85  # of free GPU memory after weights (GPU only)
+    # vLLM's meaning: the share of the device's total memory this engine may use (weights,
+    # the profiled peak of a maximal step, CUDA graphs, KV pool); the pool gets what remains
+    gpu_memory_utilization: float = 0.9
     num_pages: int | None = None  # explicit pool size (overrides the memory budget)
     prefix_caching: bool = True
 
@@ -53,7 +55,8 @@ class EngineConfig:
     attention_backend: str = "auto"
     acceptance_backend: str = "auto"  # auto → triton on CUDA, torch elsewhere
     moe_backend: str = "auto"  # auto → triton on CUDA, torch elsewhere
-    enforce_eager: bool = False  # no CUDA graphs for denoise steps (no-op on CPU)
+    enforce_eager: bool = False  # no CUDA graphs (no-op on CPU)
+    load_format: str = "auto"  # auto: the checkpoint's safetensors; dummy: random weights
     cpu_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
     tensor_parallel_size: int = 1  # engine ranks (server/distributed); 1 = this process only
     nnodes: int = 1  # nodes the tensor_parallel_size ranks are spread over (equal shares)

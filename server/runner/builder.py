@@ -30,7 +30,8 @@ def build_runner(cfg: EngineConfig, plan: StartupPlan, tp: TPGroup = SINGLE,
     mcfg = plan.mcfg
     attention = create_backend(cfg.attention_backend, device)
     moe, experts = resolve("moe", cfg.moe_backend, device.type)
-    model = load_model(plan.model_dir, mcfg, plan.dtype, device, plan.max_model_len, tp, experts)
+    model = load_model(plan.model_dir, mcfg, plan.dtype, device, plan.max_model_len, tp, experts,
+                       cfg.load_format)
     pages = tp.agree_min(kv_pages(cfg, mcfg, tp.size, plan.page_size, plan.dtype, device))
     kv = KVCache(mcfg.num_hidden_layers, pages, plan.page_size, local_kv_heads(mcfg, tp.size),
                  mcfg.head_dim, plan.dtype, device)
