@@ -218,7 +218,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "'{\"rope_type\": \"yarn\", \"factor\": 4}'")
     s.add_argument("--no-prefix-caching", action="store_true")
     s.add_argument("--attention-backend", default=None,
-                   help="auto | torch (SDPA) | flashinfer (CUDA)")
+                   help="auto (paged on CUDA, torch elsewhere) | paged (the query-block kernel "
+                        "CUDA graphs capture) | torch (SDPA) | flashinfer (CUDA)")
     s.add_argument("--acceptance-backend", default=None, help="auto | torch | triton")
     s.add_argument("--moe-backend", default=None, help="auto | torch | grouped | triton")
     s.add_argument("--enforce-eager", action="store_true",

@@ -16,6 +16,7 @@ import torch
 
 from server.config import AR_PAGE_SIZE, DIFFUSION_DEFAULTS, EngineConfig, parse_bytes
 from server.core import DEFAULT_MAX_POST_STEPS, EDITING_OFF, Editing, SamplingParams
+from server.kv_cache.sizing import MemoryProfile, pool_pages
 from server.kv_cache.tensors import KVCache
 from server.model.config import ModelConfig
 from server.model.loader import resolve_model_path
@@ -24,7 +25,7 @@ from server.model.specials import SpecialIds, read_special_ids
 
 log = logging.getLogger(__name__)
 CPU_KV_DEFAULT = 512 << 20
-BACKEND_NAMES = {"attention": ("auto", "torch", "flashinfer"),
+BACKEND_NAMES = {"attention": ("auto", "paged", "torch", "flashinfer"),
                  "acceptance": ("auto", "torch", "triton"),
                  "moe": ("auto", "torch", "grouped", "triton")}
 
@@ -107,6 +108,11 @@ def plan_startup(cfg: EngineConfig) -> StartupPlan:
     if cfg.scheduler.max_num_batched_tokens < 2 * page_size:
         raise ValueError(f"--max-num-batched-tokens must be >= {2 * page_size} "
                          "(a commit block plus an active block)")
+    if not 0 < cfg.cache.gpu_memory_utilization <= 1:
+        raise ValueError("--gpu-memory-utilization must be in (0, 1], got "
+                         f"{cfg.cache.gpu_memory_utilization}")
+    if cfg.load_format not in ("auto", "dummy"):
+        raise ValueError(f"unknown --load-format {cfg.load_format!r}; choose auto, dummy")
     if cfg.scheduler.max_running_requests < 1:
         raise ValueError("--max-running-requests must be >= 1")
     ranks_per_node = check_topology(cfg)
@@ -169,10 +175,12 @@ def default_editing(cfg: EngineConfig, model_dir: Path, levenshtein: bool = Fals
 
 
 def kv_pages(cfg: EngineConfig, m: ModelConfig, tp_size: int, page_size: int,
-             dtype: torch.dtype, device: torch.device) -> int:
+             dtype: torch.dtype, device: torch.device, profile: MemoryProfile | None = None,
+             max_model_len: int | None = None) -> int:
     """Pages of the KV pool for one of `tp_size` ranks (holding its share of `m`'s KV heads,
-    `local_kv_heads`): `--num-pages`, else
-    `--kv-cache-memory`, else a share of the free device memory (a fixed default on CPU)."""
+    `local_kv_heads`): `--num-pages`, else `--kv-cache-memory`, else on a GPU what the
+    memory `profile` leaves under `--gpu-memory-utilization` (refused below one request of
+    `max_model_len`), else a fixed default on CPU."""
     c = cfg.cache
     if c.num_pages is not None:
         if c.num_pages < 1:
@@ -182,9 +190,12 @@ def kv_pages(cfg: EngineConfig, m: ModelConfig, tp_size: int, page_size: int,
                                       local_kv_heads(m, tp_size), m.head_dim, dtype)
     if c.kv_cache_memory is not None:
         budget = parse_bytes(c.kv_cache_memory)
-    elif device.type == "cuda":
+    elif profile is not None:
+        assert max_model_len is not None
+        return pool_pages(profile, c.gpu_memory_utilization, per_page, page_size, max_model_len)
+    elif device.type == "cuda":  # no profile (planning before the weights): free memory
         free, _ = torch.cuda.mem_get_info(device)
-        budget = int(free * c.kv_cache_fraction)
+        budget = int(free * c.gpu_memory_utilization)
     else:
         budget = CPU_KV_DEFAULT
     pages = budget // per_page

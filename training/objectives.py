@@ -51,7 +51,7 @@ def ar_loss(model: Ling2MoeForward, ids: torch.Tensor, doc: torch.Tensor,
     """Next-token CE; weight [B, L] marks targets (token t+1 scored at t when weight[t+1])."""
     h = forward(model, ids, doc_positions(doc), causal_mask(doc))  # [B, L, H]
     w = weight[:, 1:] & (doc[:, 1:] == doc[:, :-1])
-    logits = model.compute_logits(h[:, :-1][w])  # [N, V]
+    logits = model.compute_logits(h[:, :-1][w]).float()  # [N, V]
     return F.cross_entropy(logits, ids[:, 1:][w])
 
 
@@ -94,7 +94,7 @@ def diffusion_loss(model: Ling2MoeForward, x0: torch.Tensor, doc: torch.Tensor,
         noise = n * torch.cat([mask[:, start:], torch.zeros_like(mask)], dim=1).unsqueeze(-1)
     h = forward(model, ids, torch.cat([pos[:, start:], pos], dim=1),
                 bd_mask(doc, block, start), noise)
-    logits = model.compute_logits(h[:, : L - start][mask[:, start:]])  # [N, V] fp32
+    logits = model.compute_logits(h[:, : L - start][mask[:, start:]]).float()  # [N, V]
     target = x0[mask]
     ce_tok = F.cross_entropy(logits, target, reduction="none")  # [N]
     denom = max(int(maskable.sum()), 1)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from server.core import Editing, LevenshteinState, Sequence
+from server.transfer import read
 
 ANTI_LOOP_TRIES = 5
 
@@ -44,7 +45,7 @@ def choose(logits: torch.Tensor, ids: EditIds) -> list[Choice]:
     second = probs.scatter(-1, v[..., None], -1.0).argmax(-1)  # [R, B]: best other than v
     probs[..., [ids.delete, ids.split]] = -1.0
     plain = probs.argmax(-1)  # [R, B]: best that is no edit id
-    host = torch.stack([v.to(p.dtype), second.to(p.dtype), plain.to(p.dtype), p], -1).tolist()
+    host = read(torch.stack([v.to(p.dtype), second.to(p.dtype), plain.to(p.dtype), p], -1))
     return [Choice([int(c[0]) for c in row], [c[3] for c in row], [int(c[1]) for c in row],
                    [int(c[2]) for c in row]) for row in host]  # ids exact below 2^24
 

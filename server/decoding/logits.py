@@ -8,6 +8,7 @@ import torch
 
 from server.core import Sequence, TokenLogprob
 from server.grammar.accept import RowSampling
+from server.transfer import read
 from unmask_kernels import SamplingBatch
 
 
@@ -17,6 +18,17 @@ def plain_greedy(seq: Sequence) -> bool:
     p = seq.params
     return (p.greedy and seq.grammar is None and not p.logit_bias and not p.min_tokens
             and p.logprobs is None)
+
+
+def in_working_dtype(seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+    """`logits` as they come (the model dtype) when every row goes straight into acceptance —
+    the kernel reads any dtype and accumulates in fp32; an fp32 copy when some row edits them
+    in place or samples from them (grammar masks, logit bias, min_tokens bans, temperature)."""
+    if logits.dtype == torch.float32 or all(
+            s.grammar is None and not s.params.logit_bias and not s.params.min_tokens
+            and s.params.greedy for s in seqs):
+        return logits
+    return logits.float()
 
 
 def row_sampling(seq: Sequence) -> RowSampling | None:
@@ -55,7 +67,7 @@ def record_logprobs(seqs: list[Sequence], logits: torch.Tensor, written: list[li
     chosen = lp.gather(1, torch.tensor(toks, device=dev)[:, None])[:, 0]  # [W]
     k = max(seqs[i].params.logprobs or 0 for i in want)
     top_v, top_i = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())  # [W, k]
-    host = torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1).tolist()  # one read
+    host = read(torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1))  # one read
     j = 0
     for i in want:
         seq, n = seqs[i], seqs[i].params.logprobs or 0
@@ -104,7 +116,7 @@ def record_prompt_logprobs(seq: Sequence, logits: torch.Tensor) -> None:
         lp = logits[lo : lo + PROMPT_LOGPROB_CHUNK].float().log_softmax(-1)
         chosen = lp.gather(1, ids[lo : lo + PROMPT_LOGPROB_CHUNK, None])[:, 0]
         top_v, top_i = lp.topk(n, dim=-1) if n else (lp[:, :0], lp[:, :0].long())
-        host += torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1).tolist()
+        host += read(torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1))
     entries: list[TokenLogprob | None] = [None]
     for t, vals in zip(seq.req.prompt_ids[1:], host, strict=True):
         top = tuple((int(i), v) for i, v in zip(vals[1 + n :], vals[1 : 1 + n], strict=True))
@@ -149,14 +161,14 @@ def record_canvas(seqs: list[Sequence], logits: torch.Tensor | None,
     if not rows:
         return
     if greedy_conf is not None:
-        probs = greedy_conf[rows, offsets].tolist()  # one read
+        probs = read(greedy_conf[rows, offsets])  # one read
     else:
         assert logits is not None
         dev = logits.device
         lp = logits[torch.tensor(rows, device=dev), torch.tensor(offsets, device=dev)].float()
         lp[:, mask_id] = -torch.inf  # [W, V]
         chosen = torch.tensor(tokens, device=dev)[:, None]
-        probs = lp.log_softmax(-1).gather(1, chosen)[:, 0].exp().tolist()  # one read
+        probs = read(lp.log_softmax(-1).gather(1, chosen)[:, 0].exp())  # one read
     for i, o, p in zip(rows, cells, probs, strict=True):
         conf = seqs[i].canvas_confidence
         assert conf is not None

@@ -23,6 +23,7 @@ from server.core import (
 from server.decoding import levenshtein
 from server.decoding.levenshtein import EditIds
 from server.decoding.logits import (
+    in_working_dtype,
     plain_greedy,
     process_logits,
     record_canvas,
@@ -33,6 +34,7 @@ from server.decoding.logits import (
     wants_prompt_logprobs,
 )
 from server.grammar.accept import accept_in_order
+from server.transfer import read, upload
 from unmask_kernels import EditBatch, accept_blocks, commit_chosen
 
 AcceptFn = Callable[..., torch.Tensor]  # `accept_blocks`' signature: committed [S, B] bool
@@ -159,7 +161,7 @@ class BlockDiffusion:
             counts = self._accept_free(seqs, None, (logits.token.view(S, B), conf))
             record_canvas(seqs, None, before, self.mask_id, greedy_conf=conf)
             return counts
-        logits = logits.view(S, B, -1)
+        logits = in_working_dtype(seqs, logits.view(S, B, -1))
         before = [list(s.block) if (s.params.logprobs is not None or s.params.canvas)
                   and s.block is not None else None for s in seqs]
         process_logits(seqs, logits, [s.block_start for s in seqs], self.eos_ids)
@@ -210,9 +212,9 @@ class BlockDiffusion:
         some = logits if logits is not None else chosen[0] if chosen is not None else None
         assert some is not None
         dev, S = some.device, len(seqs)
-        blocks = torch.tensor([s.block for s in seqs], dtype=torch.long, device=dev)  # [S, B]
+        blocks = upload([s.block for s in seqs], torch.long, dev)  # [S, B]
         undecided_rows = [self.undecided(s) for s in seqs]
-        undecided = torch.tensor(undecided_rows, device=dev)  # [S, B]
+        undecided = upload(undecided_rows, torch.bool, dev)  # [S, B]
         thr, ks = [self._threshold(s) for s in seqs], [s.params.min_commit for s in seqs]
         if self.simulate_tpf is not None:  # nothing passes 2.0: the k most confident commit
             thr, ks = [2.0] * S, [oracle_commits(self.simulate_tpf, s.block_steps) for s in seqs]
@@ -225,11 +227,11 @@ class BlockDiffusion:
             ethr = [s.editing.threshold if s.editing is not None
                     and n <= s.editing.max_post_steps else float("inf")
                     for s, n in zip(seqs, posts, strict=True)]
-            edits = EditBatch(torch.tensor(ethr, dtype=torch.float32, device=dev),
-                              torch.tensor([self.generated(s) for s in seqs], device=dev),
+            edits = EditBatch(upload(ethr, torch.float32, dev),
+                              upload([self.generated(s) for s in seqs], torch.bool, dev),
                               torch.zeros(S, self.block_size, dtype=torch.bool, device=dev))
-        threshold = torch.tensor(thr, dtype=torch.float32, device=dev)
-        min_commit = torch.tensor(ks, device=dev)
+        threshold = upload(thr, torch.float32, dev)
+        min_commit = upload(ks, torch.long, dev)
         if chosen is not None:
             committed = commit_chosen(*chosen, blocks, undecided, threshold, min_commit, edits)
         else:
@@ -238,8 +240,8 @@ class BlockDiffusion:
                                        min_commit=min_commit, mask_id=self.mask_id,
                                        sampling=sampling_batch(seqs), edits=edits)
         edited = edits.edited if edits is not None else torch.zeros_like(committed)
-        rows = torch.cat([blocks, committed.sum(1, keepdim=True), edited.sum(1, keepdim=True)],
-                         dim=1).tolist()  # [S, B + 2]: the step's one host read
+        rows = read(torch.cat([blocks, committed.sum(1, keepdim=True),
+                               edited.sum(1, keepdim=True)], dim=1))  # [S, B + 2]: one read
         counts = [r[-2] for r in rows]
         for seq, r, n, u in zip(seqs, rows, posts, undecided_rows, strict=True):
             seq.block, e = r[:-2], r[-1]
@@ -347,7 +349,7 @@ class Autoregressive:
         """logits [rows, V]: one row per segment, or a whole prompt's for a sequence that
         wants prompt logprobs (its rows before the last predict prompt tokens 1..P-1)."""
         if isinstance(logits, GreedyRows):  # greedy_suffices: one row per segment
-            for seg, t in zip(segments, logits.token.tolist(), strict=True):
+            for seg, t in zip(segments, read(logits.token), strict=True):
                 seg.seq.tokens.append(t)
             return [1] * len(segments)
         rows = [s.end - (s.logits_start if s.logits_start is not None else s.end - 1)
@@ -364,6 +366,7 @@ class Autoregressive:
         for s in seqs:
             if wants_prompt_logprobs(s) and s.prompt_len == 1:
                 s.prompt_logprobs = [None]  # a one-token prompt has nothing to predict
+        logits = in_working_dtype(seqs, logits)
         sampling = sampling_batch(seqs)
         process_logits(seqs, logits[:, None], [len(s.tokens) for s in seqs],
                        self.eos_ids)  # [S, 1, V] view: in place
@@ -381,7 +384,7 @@ class Autoregressive:
 
                 tokens[i] = sample_rows(logits[i : i + 1], s.params.temperature,
                                         s.params.top_k, s.params.top_p, s.generator)[0][0]
-        for seq, t in zip(seqs, tokens.tolist(), strict=True):
+        for seq, t in zip(seqs, read(tokens), strict=True):
             seq.tokens.append(t)
         record_logprobs(seqs, logits[:, None], [[0]] * len(seqs), None)
         return [1] * len(seqs)

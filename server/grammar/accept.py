@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from server.core import GrammarCursor
+from server.transfer import read
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,8 @@ def accept_in_order(
     if sampling is None:
         best, argmax = logits.max(dim=-1)  # [N] each
         conf = torch.exp(best - torch.logsumexp(logits, dim=-1))  # [N]
-        fast = list(zip(argmax.tolist(), conf.tolist(), strict=True))
+        fast = read(torch.stack([argmax.float(), conf.float()], 1))  # one read: [N, 2]
+        fast = [(int(t), c) for t, c in fast]
     n = 0
     for i in range(logits.shape[0]):
         must = n < min_commit

@@ -93,7 +93,8 @@ class Backbone(nn.Module):
 
 
 class Ling2MoeForward(nn.Module):
-    """forward(ids, positions, ctx) → hidden [T, H]; compute_logits(hidden rows) → fp32 logits."""
+    """forward(ids, positions, ctx) → hidden [T, H]; compute_logits(hidden rows) → logits in
+    the model dtype."""
 
     def __init__(self, cfg: ModelConfig, max_positions: int | None = None,
                  tp: TPGroup = SINGLE, experts: ExpertsFn = experts_loop) -> None:
@@ -117,7 +118,8 @@ class Ling2MoeForward(nn.Module):
         return h
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [R, H] pre-norm rows → fp32 logits [R, V] (final norm, then lm_head).
+        """hidden [R, H] pre-norm rows → logits [R, V] in the model dtype (final norm, then
+        lm_head); consumers upcast where they need to (`decoding.logits.in_working_dtype`).
 
         Under tensor parallelism this is a collective (a gather to rank 0 over `tp.group`):
         every rank of the group must call it, with the same rows, as they all run the same
@@ -126,13 +128,13 @@ class Ling2MoeForward(nn.Module):
         V = self.cfg.vocab_size
         local = self.lm_head(self.model.norm(hidden))  # [R, Vp]: vocab [rank·Vp, (rank+1)·Vp)
         if self.tp.size == 1:
-            return local.float()  # [R, V]
+            return local  # [R, V]
         if hidden.shape[0] == 0:  # the same R on every rank: all skip the gather together
-            return local.new_empty((0, V), dtype=torch.float32)
+            return local.new_empty((0, V))
         parts = self.tp.gather_to_first(local)  # rank 0: tp.size × [R, Vp]; others: None
         if parts is None:
-            return local.new_empty((0, V), dtype=torch.float32)
-        return torch.cat(parts, dim=1)[:, :V].float()  # [R, V]: the last shard's pad dropped
+            return local.new_empty((0, V))
+        return torch.cat(parts, dim=1)[:, :V]  # [R, V]: the last shard's pad dropped
 
     def greedy_rows(self, hidden: torch.Tensor, never: int | None) -> GreedyRows | None:
         """hidden [R, H] pre-norm rows → what greedy acceptance needs of their logits, with

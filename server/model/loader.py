@@ -1,4 +1,5 @@
-"""Checkpoint loading: resolve a local dir or hub id, read (sharded) safetensors into the model."""
+"""Checkpoint loading: resolve a local dir or hub id, read (sharded) safetensors into the model;
+or, with load format "dummy", no file at all: random weights made on the target device."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ import json
 import logging
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from tqdm import tqdm
 
 from server.model.config import ModelConfig
 from server.model.llada2_moe import Ling2MoeForward
@@ -28,6 +28,10 @@ _EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up
                      r"\.weight$")
 _FUSED = re.compile(r"^(.*)\.(gate_proj|up_proj)\.weight$")
 _IGNORED = re.compile(r"(rotary_emb\.inv_freq$|^model\.mtp|\.mtp\.)")
+LOAD_FORMATS = ("auto", "dummy")
+DUMMY_SEED = 0  # every dummy model is drawn from this seed: two engines get the same weights
+DUMMY_STD = 0.02  # a matrix's std when config.json has no initializer_range
+_VOCAB_PARALLEL = ("model.word_embeddings.weight", "lm_head.weight")
 
 
 class CheckpointError(RuntimeError):
@@ -88,13 +92,29 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 def load_model(model_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: torch.device,
                max_positions: int | None = None, tp: TPGroup = SINGLE,
-               experts: ExpertsFn = experts_loop) -> Ling2MoeForward:
+               experts: ExpertsFn = experts_loop, load_format: str = "auto") -> Ling2MoeForward:
     """Under tensor parallelism only this rank's shard of each tensor is read. `experts` runs
-    the routed experts (the "moe" kernel registry's choice)."""
+    the routed experts (the "moe" kernel registry's choice). `load_format` "dummy" reads no
+    weight file: `init_dummy` fills the model on `device` (config.json is all it needs)."""
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"unknown load format {load_format!r}; choose "
+                         f"{', '.join(LOAD_FORMATS)}")
     with torch.device("meta"), _default_dtype(dtype):
         model = Ling2MoeForward(cfg, max_positions, tp, experts)  # router weights/bias stay fp32
     model.to_empty(device=device)
     model.reset_rope(device)
+    if load_format == "dummy":
+        init_dummy(model, cfg, tp, _init_std(model_dir))
+        return model.eval()
+    _read_checkpoint(model, model_dir, cfg, tp)
+    return model.eval()
+
+
+def _read_checkpoint(model: Ling2MoeForward, model_dir: Path, cfg: ModelConfig,
+                     tp: TPGroup) -> None:
+    from safetensors import safe_open  # here: a dummy model needs neither package
+    from tqdm import tqdm
+
     shard = Shard(cfg, tp.rank, tp.size)
     sink = _WeightSink(model, shard)
     files = checkpoint_files(model_dir)
@@ -119,7 +139,42 @@ def load_model(model_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: to
         raise CheckpointError(
             f"{model_dir}: checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:5]}"
         )
-    return model.eval()
+
+
+def _init_std(model_dir: Path) -> float:
+    """config.json's `initializer_range` (not a `ModelConfig` field: only dummy weights use
+    it), else DUMMY_STD."""
+    try:
+        value = json.loads((model_dir / "config.json").read_text()).get("initializer_range")
+    except (OSError, ValueError):
+        value = None
+    return float(value) if isinstance(value, int | float) and value > 0 else DUMMY_STD
+
+
+@torch.no_grad()
+def init_dummy(model: Ling2MoeForward, cfg: ModelConfig, tp: TPGroup = SINGLE,
+               std: float = DUMMY_STD, seed: int = DUMMY_SEED) -> None:
+    """Random weights in place, on the model's device and in each tensor's own dtype (the
+    router stays fp32): matrices ~ N(0, std²), norm weights 1, biases and the expert bias 0.
+    Each tensor draws from a generator seeded by `seed` and its name alone, so the same seed
+    gives the same weights in every build on one device type, and under tensor parallelism
+    a replicated tensor (norms, router) is equal on every rank; a sharded one holds the same
+    draw on each rank (a valid model, though not the one a single rank would get). The rows
+    of the last vocabulary shard past `vocab_size` are 0, as the checkpoint loader pads them."""
+    tensors = dict(model.named_parameters()) | {
+        n: b for n, b in model.named_buffers() if not n.startswith("rope.")}
+    for name, t in sorted(tensors.items()):
+        if t.dim() < 2:  # norm weights (…norm.weight / …layernorm.weight), biases, expert bias
+            t.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+            continue
+        g = torch.Generator(device=t.device).manual_seed(
+            seed * 1_000_003 + zlib.crc32(name.encode()))
+        t.normal_(0.0, std, generator=g)
+        if name in _VOCAB_PARALLEL and tp.size > 1:
+            first = tp.rank * t.shape[0]  # vocabulary id of this shard's row 0
+            t[max(0, cfg.vocab_size - first):] = 0
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.word_embeddings.weight
 
 
 class _WeightSink:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from server.kv_cache.tensors import KVCache
 from server.runner.forward_batch import ForwardBatch
+from server.transfer import upload
 
 log = logging.getLogger(__name__)
 
@@ -93,32 +94,70 @@ class TorchAttention:
         return out[meta.q_valid]  # [S, Qmax, nh, hd] → [T, nh, hd]
 
 
+@dataclass(slots=True)
+class BlockMeta:
+    table: torch.Tensor  # [N, pages] long: query block i's page-table row
+    kv_len: torch.Tensor  # [N] long: keys block i attends ([0, kv_len))
+
+
+class PagedBlockAttention:
+    """The step as query blocks of `attn_block` rows (`server/runner/step_layout.py`): K/V into
+    their slots, then every block over its own keys [0, its end) through the paged kernel of
+    the "attention" registry (Triton on CUDA: no host reads, so CUDA graphs capture it; the
+    torch reference elsewhere). The graph runner builds the same `BlockMeta` in static
+    buffers, so eager and graphed steps run one kernel and give the same tokens."""
+
+    name = "paged"
+
+    def __init__(self, device_type: str) -> None:
+        import unmask_kernels.attention  # noqa: F401 - registers the "attention" backends
+        from unmask_kernels.registry import resolve
+
+        self.kernel_name, self.kernel = resolve("attention", "auto", device_type)
+
+    def prepare(self, fb: ForwardBatch) -> BlockMeta:
+        Bq, dev = fb.attn_block, fb.input_ids.device
+        per_seg = (fb.qo_indptr[1:] - fb.qo_indptr[:-1]) // Bq  # [S] cpu: blocks each
+        seg_of = upload(torch.repeat_interleave(torch.arange(fb.num_segments), per_seg), None,
+                        dev)  # [N]
+        kv_len = fb.positions.view(-1, Bq)[:, 0] + Bq  # [N]: block-causal key range
+        return BlockMeta(fb.page_table[seg_of], kv_len)
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                kv: KVCache, fb: ForwardBatch, meta: BlockMeta) -> torch.Tensor:
+        # q [N·Bq, nh, hd]; k, v [N·Bq, nkv, hd] → [N·Bq, nh, hd]
+        kv.k[layer].index_copy_(0, fb.slot_mapping, k)
+        kv.v[layer].index_copy_(0, fb.slot_mapping, v)
+        return self.kernel(q, kv.k[layer], kv.v[layer], meta.table, meta.kv_len, kv.page_size)
+
+
 def _flashinfer() -> AttentionBackend:
     from server.runner.flashinfer_attention import FlashInferAttention  # lazy: GPU-only package
 
     return FlashInferAttention()
 
 
-_BACKENDS: dict[str, Callable[[], AttentionBackend]] = {
-    "torch": TorchAttention, "sdpa": TorchAttention, "flashinfer": _flashinfer}
+_BACKENDS: dict[str, Callable[[str], AttentionBackend]] = {
+    "torch": lambda _: TorchAttention(), "sdpa": lambda _: TorchAttention(),
+    "flashinfer": lambda _: _flashinfer(), "paged": PagedBlockAttention}
 
 
-def register_backend(name: str, factory: Callable[[], AttentionBackend]) -> None:
+def register_backend(name: str, factory: Callable[[str], AttentionBackend]) -> None:
+    """`factory(device_type)` builds the backend."""
     _BACKENDS[name] = factory
 
 
 def create_backend(name: str, device: torch.device) -> AttentionBackend:
-    """Chosen once and logged. 'auto' is torch (SDPA) everywhere for now: the flashinfer
-    backend has not yet run on a GPU (tests/gpu/test_attention_gpu.py checks it against torch);
-    make 'auto' prefer it on CUDA once that test passes. See docs/kernels.md."""
+    """Chosen once and logged. 'auto' is the paged query-block kernel on CUDA (the one CUDA
+    graphs capture) and torch (SDPA) elsewhere. See docs/kernels.md."""
     if name == "auto":
-        name = "torch"
+        name = "paged" if device.type == "cuda" else "torch"
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_BACKENDS)}")
     if name == "flashinfer" and (device.type != "cuda" or not _has_flashinfer()):
         raise ValueError("attention backend 'flashinfer' needs a CUDA device and the "
                          "flashinfer-python package (extra 'gpu')")
-    backend = _BACKENDS[name]()
+    backend = _BACKENDS[name](device.type)
     log.info("attention backend: %s (%s)", backend.name, device.type)
     return backend
 

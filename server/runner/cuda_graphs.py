@@ -1,17 +1,19 @@
-"""CUDA graphs for denoise steps: `GraphedDenoiseRunner` wraps a `ModelRunner`.
+"""CUDA graphs for every step: `GraphedRunner` wraps a `ModelRunner`.
 
-A denoise-only batch (every segment is exactly one active block of B query rows, all asking for
-logits, attending to its committed pages plus itself) has a fixed shape once padded to a batch
-bucket S' and a key bucket K': ids/positions/slots [S'*B], page table [S', K'/page_size]. One
-graph per (S', K') is captured on first use and replayed after copying the step's inputs into
-its static buffers. Everything else (prefill chunks, mixed batches, more than the largest
-bucket) runs eager. Pad segments repeat segment 0 (same ids, positions and slots), so their K/V
-writes are identical duplicates and their logits are dropped.
+A step is N query blocks (`server/runner/step_layout.py`): whatever its segments, it has a
+fixed shape once N is padded to a bucket N' — ids/positions/slots [N'·Bq], per-block page-table
+rows [N', max_pages] — and block i's rows attend key positions [0, position of its first row +
+Bq): block-causal attention needs nothing else. One graph per bucket captures the decoder
+layers (embedding to pre-norm hidden states) into one output buffer that all buckets share;
+the head (the rows that want logits, final norm, lm_head) runs after the replay, so logits are
+computed for the rows that need them only, in the model dtype. Pad blocks repeat block 0 (same
+ids, positions, slots and page row): their K/V writes duplicate block 0's exactly and their
+rows are never read. More blocks than the largest bucket run eagerly.
 
-Inside the graph attention is the torch (SDPA) computation over a static key range [0, K')
-with kpos < kv_len masked, whatever eager backend is configured: it has no host syncs. The
-routed experts must be graph-safe (the Triton grouped GEMM is; the torch loop reads counts
-back to the host): if capture fails, graphs are switched off for good and logged."""
+Attention is the engine's `PagedBlockAttention` (Triton on CUDA: no host reads, no key
+padding), the same kernel eager steps run, so a step's tokens do not depend on whether it was
+graphed. A bucket whose capture fails runs eagerly from then on (logged); the other buckets
+keep their graphs."""
 
 from __future__ import annotations
 
@@ -22,151 +24,143 @@ from typing import Any
 import torch
 
 from server.core import Batch, Logits
-from server.runner.attention import AttentionContext, TorchAttention, _TorchMeta
+from server.runner.attention import (
+    AttentionBackend,
+    AttentionContext,
+    BlockMeta,
+    PagedBlockAttention,
+)
 from server.runner.forward_batch import ForwardBatch, build_forward_batch
 from server.runner.model_runner import ModelRunner
+from server.runner.step_layout import graph_bucket, graph_buckets, query_blocks
+from server.transfer import upload
 
 log = logging.getLogger(__name__)
 
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-KEY_BUCKETS = (256, 512, 1024, 2048, 4096, 8192)
-
-
-class _StaticAttention(TorchAttention):
-    """The torch backend's math with every query row valid: rows come back by reshape, not by
-    a boolean index (which would read a count back to the host and break capture)."""
-
-    def _rows(self, q: torch.Tensor, meta: _TorchMeta) -> torch.Tensor:
-        return q.view(*meta.q_rows.shape, *q.shape[1:])  # [T, nh, hd] → [S', B, nh, hd]
-
-    def _tokens(self, out: torch.Tensor, q: torch.Tensor, meta: _TorchMeta) -> torch.Tensor:
-        return out.reshape(q.shape)  # [S', B, nh, hd] → [T, nh, hd]
+AR_MAX_GRAPH_ROWS = 512  # autoregressive steps beyond this many rows are prefill: eager
 
 
 @dataclass
 class _Graph:
-    graph: torch.cuda.CUDAGraph | None  # None: static computation run eagerly (CPU check)
-    ids: torch.Tensor  # [S'*B] long
-    positions: torch.Tensor  # [S'*B] long
-    slots: torch.Tensor  # [S'*B] long
-    table: torch.Tensor  # [S', K'/ps] long
-    kv_len: torch.Tensor  # [S'] long
-    logits: torch.Tensor  # [S'*B, V] fp32 (output)
+    graph: torch.cuda.CUDAGraph | None  # None: the static computation run eagerly (CPU)
+    ids: torch.Tensor  # [N'·Bq] long
+    positions: torch.Tensor  # [N'·Bq] long
+    slots: torch.Tensor  # [N'·Bq] long
+    table: torch.Tensor  # [N', max_pages] long
 
 
-class GraphedDenoiseRunner:
+class GraphedRunner:
+    """`max_blocks`: the largest bucket (the step's token budget in query blocks). `capture`
+    False runs the static computation without a graph (the CPU check of the layout)."""
+
     uses_graphs = True
 
-    def __init__(self, inner: ModelRunner, block_size: int, max_model_len: int,
+    def __init__(self, inner: ModelRunner, max_blocks: int, max_model_len: int,
                  capture: bool = True) -> None:
+        assert isinstance(inner.backend, PagedBlockAttention)  # the graph-safe kernel
         self.inner = inner
-        self.model, self.kv, self.backend = inner.model, inner.kv, inner.backend
+        self.model, self.kv = inner.model, inner.kv
+        self.backend: AttentionBackend = inner.backend
         self.attn_block, self.device = inner.attn_block, inner.device
-        self.block = block_size
-        self.key_buckets = [k for k in KEY_BUCKETS if k % block_size == 0 and
-                            k < max_model_len] + [max_model_len]
-        self.graphs: dict[tuple[int, int], _Graph] = {}
-        self.pool: Any = None  # the graphs' shared memory pool handle
-        self.enabled = True
-        self.capture = capture  # False: run the static computation without a graph (CPU)
-        self._attn = _StaticAttention()
-        self.replays = 0  # denoise steps served by a graph (tests, metrics)
+        self.buckets = graph_buckets(max_blocks)
+        self.max_pages = -(-max_model_len // self.kv.page_size)
+        self.capture = capture
+        self.graphs: dict[int, _Graph] = {}
+        self.failed: set[int] = set()  # buckets whose capture failed: eager
+        self.pool: Any = None  # the graphs' shared memory pool
+        hidden = inner.model.cfg.hidden_size
+        dtype = inner.kv.k.dtype
+        # [max_blocks·Bq, H]: every bucket's output (pre-norm hidden states)
+        self.out = torch.empty(max_blocks * self.attn_block, hidden, dtype=dtype,
+                               device=self.device)
+        self._width = self.max_pages  # page-table columns attention reads (CPU: this step's)
+        self.replays = 0  # steps served by a bucket's graph (or its static computation)
+        self.eager_steps = 0
+        self.rows_forwarded = 0  # rows of graphed steps, padding included
+        self.rows_padding = 0
 
     def forward(self, batch: Batch, greedy: bool = False) -> Logits:
-        """fp32 logits [R, V] (one rank: `greedy` needs no other form)."""
-        key = self._bucket(batch) if self.enabled else None
-        if key is None:
-            return self.inner.forward(batch)
+        n = query_blocks(batch, self.attn_block)
+        bucket = graph_bucket(n, self.buckets)
+        if bucket is None or bucket in self.failed:
+            self.eager_steps += 1
+            return self.inner.forward(batch, greedy)
         fb = build_forward_batch(batch, self.kv.page_size, self.attn_block, self.device)
-        g = self.graphs.get(key)
+        g = self.graphs.get(bucket)
         if g is None:
             try:
-                g = self.graphs[key] = self._capture(*key, fb)
-                self.replays += 1
-                return g.logits[: fb.num_tokens]
-            except Exception:  # noqa: BLE001 - any capture failure: eager from now on
-                log.exception("CUDA graph capture failed for %s; denoise steps stay eager", key)
-                self.enabled = False
-                return self.inner.forward(batch)
-        self._fill(g, fb)
-        if g.graph is None:
-            g.logits = self._static_forward(g)
+                g = self.graphs[bucket] = self._capture(bucket, fb)
+            except Exception:  # noqa: BLE001 - this bucket runs eagerly from now on
+                log.exception("CUDA graph capture failed for %d query blocks; that bucket "
+                              "runs eagerly", bucket)
+                self.failed.add(bucket)
+                self.eager_steps += 1
+                return self.inner.run(fb)
         else:
-            g.graph.replay()
+            self._fill(g, fb)
+            if g.graph is None:
+                self._static_forward(g)
+            else:
+                g.graph.replay()
         self.replays += 1
-        return g.logits[: fb.num_tokens]
-
-    def _bucket(self, batch: Batch) -> tuple[int, int] | None:
-        B, segs = self.block, batch.segments
-        if not segs or len(segs) > BATCH_BUCKETS[-1]:
-            return None
-        for s in segs:
-            if s.num_tokens != B or s.logits_start != s.start or s.start % B:
-                return None
-        longest = max(s.end for s in segs)
-        k = next((k for k in self.key_buckets if k >= longest), None)
-        if k is None:
-            return None
-        return next(b for b in BATCH_BUCKETS if b >= len(segs)), k
+        self.rows_forwarded += bucket * self.attn_block
+        self.rows_padding += (bucket - n) * self.attn_block
+        rows = self.out[: fb.num_tokens][fb.logits_indices]  # [R, H]
+        return self.inner.head(rows, greedy)
 
     def _fill(self, g: _Graph, fb: ForwardBatch) -> None:
-        n, S = fb.num_tokens, fb.num_segments
+        """The step's inputs into the bucket's buffers; pads repeat block 0."""
+        T, Bq = fb.num_tokens, self.attn_block
         for dst, src in ((g.ids, fb.input_ids), (g.positions, fb.positions),
                          (g.slots, fb.slot_mapping)):
-            dst[:n].copy_(src, non_blocking=True)
-            dst[n:].copy_(src[: self.block].repeat(dst.shape[0] // self.block - S))
-        w = min(fb.page_table.shape[1], g.table.shape[1])
+            dst[:T].copy_(src)
+            dst[T:].view(-1, Bq).copy_(src[:Bq].expand(dst.shape[0] // Bq - T // Bq, Bq))
+        per_seg = ((fb.qo_indptr[1:] - fb.qo_indptr[:-1]) // Bq)  # [S] cpu: blocks each
+        seg_of = upload(torch.repeat_interleave(torch.arange(fb.num_segments), per_seg), None,
+                        self.device)  # [N]
+        w = fb.page_table.shape[1]
+        if not self.capture:  # no graph: the torch reference need not scan max_model_len
+            self._width = w
         g.table.zero_()
-        g.table[:S, :w].copy_(fb.page_table[:, :w], non_blocking=True)
-        g.table[S:] = g.table[0]
-        g.kv_len[:S].copy_(fb.kv_len.to(self.device, non_blocking=True))
-        g.kv_len[S:] = g.kv_len[0]
+        g.table[: seg_of.shape[0], :w] = fb.page_table[seg_of]
+        g.table[seg_of.shape[0]:] = g.table[0]
 
-    def _buffers(self, bs: int, k_max: int) -> _Graph:
-        dev = self.device
-        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.long, device=dev)  # noqa: E731
-        T = bs * self.block
-        return _Graph(None, zeros(T), zeros(T), zeros(T), zeros(bs, k_max // self.kv.page_size),
-                      zeros(bs), torch.empty(0, device=dev))
+    def _static_forward(self, g: _Graph) -> None:
+        """The captured computation: reads only g's buffers, writes `self.out`; no host reads,
+        fixed shapes."""
+        N, Bq = g.table.shape[0], self.attn_block
+        T = N * Bq
+        kv_len = g.positions.view(N, Bq)[:, 0] + Bq  # [N']: block-causal key range
+        fb = ForwardBatch(g.ids, g.positions, g.slots, torch.arange(0, T + 1, Bq),
+                          torch.zeros(N, dtype=torch.long), torch.full((N,), Bq), g.table,
+                          torch.arange(T, device=self.device), Bq, self.kv.page_size)
+        meta = BlockMeta(g.table[:, : self._width], kv_len)
+        ctx = AttentionContext(self.backend, self.kv, fb, meta)
+        self.out[:T].copy_(self.model(g.ids, g.positions, ctx))
 
-    def _static_forward(self, g: _Graph) -> torch.Tensor:
-        """The captured computation: reads only g's buffers; no host syncs, fixed shapes."""
-        bs, k_max = g.table.shape[0], g.table.shape[1] * self.kv.page_size
-        B, ps, dev = self.block, self.kv.page_size, self.device
-        T = bs * B
-        fb = ForwardBatch(g.ids, g.positions, g.slots, torch.arange(0, T + 1, B),
-                          torch.zeros(bs, dtype=torch.long), torch.full((bs,), B),
-                          g.table, torch.arange(T, device=dev), B, ps)
-        q_rows = torch.arange(T, device=dev).view(bs, B)  # [S', B]
-        q_valid = torch.ones(bs, B, dtype=torch.bool, device=dev)
-        kpos = torch.arange(k_max, device=dev)  # [K']
-        kv_slots = g.table.gather(1, (kpos // ps).expand(bs, -1)) * ps + kpos % ps  # [S', K']
-        visible = (kpos[None, :] < g.kv_len[:, None])[:, None, None, :]  # [S', 1, 1, K']
-        meta = _TorchMeta(q_rows, q_valid, kv_slots, visible.expand(bs, 1, B, k_max))
-        hidden = self.model(g.ids, g.positions, AttentionContext(self._attn, self.kv, fb, meta))
-        return self.model.compute_logits(hidden)  # [T, V]
-
-    def _capture(self, bs: int, k_max: int, first: ForwardBatch) -> _Graph:
+    def _capture(self, bucket: int, first: ForwardBatch) -> _Graph:
         """Warm-up runs use `first` (the step being served): they write exactly the K/V that
-        step writes, so capturing mid-serving never touches another sequence's pages. The last
-        warm-up's logits are that step's answer; the graph is then captured."""
-        dev = self.device
-        g = self._buffers(bs, k_max)
+        step writes, so capturing mid-serving never touches another sequence's pages. The
+        warm-up leaves the step's answer in `self.out`, which the capture then recomputes
+        identically."""
+        T, dev = bucket * self.attn_block, self.device
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.long, device=dev)  # noqa: E731
+        g = _Graph(None, zeros(T), zeros(T), zeros(T), zeros(bucket, self.max_pages))
         self._fill(g, first)
-        if not self.capture:  # CPU check of the static computation, no graph
-            g.logits = self._static_forward(g)
+        if not self.capture:
+            self._static_forward(g)
             return g
         stream = torch.cuda.Stream(dev)
         stream.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(2):  # warm up: allocator, Triton JIT, cuBLAS handles
-                answer = self._static_forward(g)
+            for _ in range(2):  # allocator, Triton JIT, cuBLAS handles
+                self._static_forward(g)
         torch.cuda.current_stream(dev).wait_stream(stream)
-        g.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(g.graph, pool=self.pool):
-            g.logits = self._static_forward(g)
-        self.pool = g.graph.pool()
-        g.logits.copy_(answer)  # the step being served gets its (eager warm-up) logits
-        log.info("captured denoise CUDA graph: batch %d x block %d, keys %d", bs,
-                 self.block, k_max)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+            self._static_forward(g)
+        self.pool = graph.pool()
+        g.graph = graph
+        graph.replay()  # the step being served
+        log.info("captured CUDA graph: %d query blocks of %d rows", bucket, self.attn_block)
         return g

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from server.core import Batch
+from server.transfer import upload
 
 
 @dataclass(slots=True)
@@ -42,7 +44,7 @@ class ForwardBatch:
         stay on the CPU."""
         if device.type == "cpu":
             return self
-        moved = {f: getattr(self, f).to(device, non_blocking=True)
+        moved: dict[str, Any] = {f: upload(getattr(self, f), None, device)
                  for f in ("input_ids", "positions", "slot_mapping", "page_table",
                            "logits_indices")}
         return dataclasses.replace(self, **moved)
@@ -74,7 +76,7 @@ def build_forward_batch(
         table[i, :n] = torch.tensor(seg.seq.page_table[:n], dtype=torch.long)
 
     def dev(x: list[int]) -> torch.Tensor:
-        return torch.tensor(x, dtype=torch.long).to(device, non_blocking=True)
+        return upload(x, torch.long, device)
 
     return ForwardBatch(
         input_ids=dev(ids),
@@ -83,7 +85,7 @@ def build_forward_batch(
         qo_indptr=torch.tensor(indptr, dtype=torch.long),
         q_start=torch.tensor([s.start for s in batch.segments], dtype=torch.long),
         kv_len=torch.tensor([s.end for s in batch.segments], dtype=torch.long),
-        page_table=table.to(device, non_blocking=True),
+        page_table=upload(table, None, device),
         logits_indices=dev(logits_rows),
         attn_block=attn_block,
         page_size=page_size,

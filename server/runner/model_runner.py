@@ -25,7 +25,7 @@ class Runner(Protocol):
     model: Ling2MoeForward
     kv: KVCache
     backend: AttentionBackend
-    uses_graphs: bool  # denoise steps may replay CUDA graphs
+    uses_graphs: bool  # steps may replay CUDA graphs
 
     def forward(self, batch: Batch, greedy: bool = False) -> Logits: ...
 
@@ -44,7 +44,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, batch: Batch, greedy: bool = False) -> Logits:
-        """One forward over every segment: fp32 logits [R, V] of the rows segments asked for,
+        """One forward over every segment: logits [R, V] (model dtype) of the rows asked for,
         or, when `greedy` says the step needs no more and the vocabulary is split over ranks,
         their `GreedyRows` (gathering [R, 3] per rank instead of [R, V/N])."""
         if self.publish is None:
@@ -59,8 +59,11 @@ class ModelRunner:
     def run(self, fb: ForwardBatch) -> Logits:
         """Every rank: K/V into this rank's pages, then the logits of `fb.logits_indices`
         (complete on rank 0 only under tensor parallelism; see `compute_logits`)."""
-        rows = self.hidden(fb)[fb.logits_indices]  # [R, H]
-        if fb.greedy:
+        return self.head(self.hidden(fb)[fb.logits_indices], fb.greedy)  # rows [R, H]
+
+    def head(self, rows: torch.Tensor, greedy: bool) -> Logits:
+        """Pre-norm rows [R, H] → logits [R, V] in the model dtype, or their `GreedyRows`."""
+        if greedy:
             summary = self.model.greedy_rows(rows, self.never)
             return summary if summary is not None else rows[:0]  # ranks > 0: discarded
         return self.model.compute_logits(rows)  # [R, V]

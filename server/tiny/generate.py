@@ -8,9 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from server.tiny.tokenizer import EDIT_TOKENS, build_tokenizer, write_tokenizer_files
+from server.tiny.tokenizer import (
+    EDIT_TOKENS,
+    SPECIAL_TOKENS,
+    TINY_TOKEN_IDS,
+    TINY_TOKENIZER_SIZE,
+    build_tokenizer,
+    write_tokenizer_files,
+)
 from server.tiny.weights import edit_keys, random_tensors
 
 SHARD_BYTES = 4 << 30
@@ -70,19 +76,29 @@ def model_config(arch: str, vocab_size: int, pad_id: int, layers: int | None = N
 def make_tiny_model(out_dir: str | Path, arch: str = "llada2", seed: int = 0,
                     layers: int | None = None, peaky: bool = False,
                     config_of: str | None = None, dtype: str | None = None,
-                    overrides: dict | None = None, weights: bool = True) -> Path:
+                    overrides: dict | None = None, weights: bool = True,
+                    tokenizer: bool = True) -> Path:
     """`overrides` replaces config fields (e.g. a wider "small" benchmark shape). `weights`
     False writes everything but the safetensors: enough for `unmask serve --check-config` at
-    the real mini/flash shapes. `peaky` sharpens the output head; for llada2.2 it also makes
+    the real mini/flash shapes, and for an engine with `load_format="dummy"`. `tokenizer`
+    False also leaves out the tokenizer files (the ids stay those the tokenizer would give;
+    neither `tokenizers` nor `safetensors` is imported without weights): enough for `Engine`,
+    which takes token ids. `peaky` sharpens the output head; for llada2.2 it also makes
     DELETE and SPLIT win the argmax at positions holding their key tokens (`weights`)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose {sorted(ARCHS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer()
     llada22 = arch == "llada2.2"
-    ids = write_tokenizer_files(tok, out, arch, EDIT_TOKENS if llada22 else ())
-    vocab = -(-tok.get_vocab_size() // 64) * 64
+    extra = EDIT_TOKENS if llada22 else ()
+    if tokenizer:
+        tok = build_tokenizer()
+        ids = write_tokenizer_files(tok, out, arch, extra)
+        size = tok.get_vocab_size()
+    else:
+        ids = {t: TINY_TOKEN_IDS[t] for t in (*SPECIAL_TOKENS, *extra)}
+        size = TINY_TOKENIZER_SIZE + len(extra)
+    vocab = -(-size // 64) * 64
     dtype = dtype or ("bfloat16" if config_of else "float32")
     edit = (ids[EDIT_TOKENS[0]], ids[EDIT_TOKENS[1]]) if llada22 else None
     cfg = model_config(arch, vocab, ids["<|endoftext|>"], layers, config_of, dtype, overrides,
@@ -105,6 +121,8 @@ def make_tiny_model(out_dir: str | Path, arch: str = "llada2", seed: int = 0,
 def _write_weights(out: Path, tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
     """One model.safetensors, or HF-style shards + index once the total passes SHARD_BYTES.
     Tensors stream through: at most one shard is held in memory."""
+    from safetensors.torch import save_file
+
     shards: list[list[str]] = []
     pending: dict[str, torch.Tensor] = {}
     size = 0

@@ -7,8 +7,10 @@ import json
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+if TYPE_CHECKING:  # imported where used: a checkpoint without tokenizer files needs no package
+    from tokenizers import Tokenizer
 
 HERE = Path(__file__).parent
 # Fixed order: ids are stable (they follow the trained vocabulary).
@@ -20,11 +22,18 @@ SPECIAL_TOKENS = (
 # model only (so the other tiny tokenizers keep their ids). Our own names: the real checkpoint
 # has no added token for DELETE 156930 / SPLIT 156931, only config.json's ids.
 EDIT_TOKENS = ("<|delete|>", "<|split|>")
+# What `build_tokenizer()` gives (tests/unit/test_dummy_weights.py checks it): its size and the
+# ids of the special and edit tokens, so that a directory written without tokenizer files
+# (`make_tiny_model(tokenizer=False)`) has the ids a tokenizer would give, and needs no package.
+TINY_TOKENIZER_SIZE = 786
+TINY_TOKEN_IDS = {t: 776 + i for i, t in enumerate((*SPECIAL_TOKENS, *EDIT_TOKENS))}
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Byte-level BPE with the special tokens appended; same texts in the same order → same
     tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -45,6 +54,8 @@ def _trained_json(vocab_size: int) -> str:
 
 def build_tokenizer(vocab_size: int = 1024) -> Tokenizer:
     """Same corpus and settings → byte-identical tokenizer.json on every run."""
+    from tokenizers import Tokenizer
+
     return Tokenizer.from_str(_trained_json(vocab_size))
 
 

@@ -82,9 +82,9 @@ def commit_chosen(
 def _choose(logits: torch.Tensor, sampling: SamplingBatch | None
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(token [S, B], confidence [S, B]): greedy rows by argmax, others by sampling."""
-    lse = torch.logsumexp(logits, dim=-1)  # [S, B]
+    lse = torch.logsumexp(logits.float(), dim=-1)  # [S, B]: fp32 whatever the logits' dtype
     best, tokens = logits.max(dim=-1)
-    conf = torch.exp(best - lse)  # softmax probability of the argmax
+    conf = torch.exp(best.float() - lse)  # softmax probability of the argmax
     if sampling is None:
         return tokens, conf
     for i, temp in enumerate(sampling.temperature):

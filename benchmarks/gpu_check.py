@@ -1,0 +1,1048 @@
+"""The GPU validation of issue 18 in one process: what `benchmarks/gpu_check.sh` runs.
+
+At the real LLaDA2.0-mini shape with random weights made on the GPU (`load_format="dummy"`:
+no checkpoint on disk, only config.json and generation_config.json in a temporary folder):
+
+- peaks: measured device-to-device copy bandwidth and bf16 matmul peak (the roofline's two
+  ceilings), beside the H200 datasheet figures;
+- kernels: the acceptance kernel over [S, 32, V] logits in the model dtype vs the copy
+  bandwidth (target >= 80 %); the routed-experts kernel vs the bf16 peak and, for its weight
+  bytes, the copy bandwidth;
+- graphs_vs_eager: an engine with CUDA graphs and one with `enforce_eager=True` (same dummy
+  seed, hence the same weights) decode the same greedy requests: tokens compared, and the
+  logits of one step; routed experts touched on an eager step (router hooks on the eager
+  engine only: hooks never fire inside a graph replay) beside the analytic count;
+- diffusion / diffusion_eager / ar: the steady-state step at concurrency 1, 8, 32, 128 (the
+  Ling-2.0 twin, arch "ling2", for the AR decode step) against an analytic roofline, with the
+  share of graph-replayed steps, host syncs per step (`torch.cuda.set_sync_debug_mode`), which
+  attention/SDPA backend ran, and a profiler top-25 kernel table at the lowest and highest
+  concurrency.
+
+Roofline of a step = max(bytes / copy bandwidth, FLOPs / matmul peak), both measured. Bytes:
+every non-expert weight once (attention, dense MLP, shared experts, fp32 router, lm_head), the
+routed experts a step touches (analytic: E·(1 - (1 - k/E)^T) per MoE layer for T tokens under
+uniform routing), the KV of every key each sequence attends to plus the KV written, and the
+logits in the model dtype (written by lm_head, read by acceptance). FLOPs: 2 x active weights
+per token, attention 4·heads·head_dim per (query, key) pair, lm_head. Activations are left
+out. Random weights commit about one token per step at threshold 0.95: the step time is what
+is measured, not a tokens-per-forward figure of a trained model.
+
+Only torch (and triton for the CUDA kernels) is needed: nothing from server.api, and neither
+transformers, tokenizers, safetensors nor tqdm (the test suite checks this). Every section
+is timed against one budget; a section that would start past it is recorded as skipped, and
+summary.json/summary.md are rewritten after every section, so a run cut short still reports.
+
+    python benchmarks/gpu_check.py --out OUT [--device cpu --tiny] [--budget-s 240]
+    python benchmarks/gpu_check.py --out OUT --finalize ...   # (gpu_check.sh) pytest, install
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from the source tree
+    sys.path.insert(0, str(ROOT))
+
+# NVIDIA H200 SXM datasheet: 4.8 TB/s HBM3e, 989 TFLOP/s dense BF16 (1,979 with sparsity).
+DATASHEET = {"H200": {"hbm_TBps": 4.8, "bf16_dense_TFLOPs": 989.0}}
+TARGETS = {"step_fraction_of_roofline": 0.6, "acceptance_fraction_of_copy_bw": 0.8}
+SECTIONS = ("env", "peaks", "kernels", "graphs_vs_eager", "diffusion", "diffusion_eager", "ar",
+            "pytest", "install")
+ORDINARY_IDS = 700  # prompt ids below the tiny tokenizer's special ids (776..): no mask or EOS
+PROFILE_FILE = "profiles.txt"
+TOP_KERNELS = 25
+
+
+@dataclass
+class Plan:
+    """What one run measures: the H200 run (mini shape) or the CPU check (tiny shape)."""
+
+    device: str
+    tiny: bool
+    concurrency: list[int]
+    prompt_len: int
+    max_model_len: int
+    timed_steps: int
+    warm_steps: int
+    compare_requests: int
+    compare_tokens: int
+    accept_rows: list[int]
+    moe_tokens: list[int]
+    copy_bytes: int
+    matmul_n: int
+    eager_concurrency: list[int] = field(default_factory=list)
+
+    @classmethod
+    def make(cls, device: str, tiny: bool) -> Plan:
+        conc = [1, 8, 32, 128]
+        if device == "cpu":
+            return cls(device, tiny, conc, prompt_len=32, max_model_len=512, timed_steps=3,
+                       warm_steps=1, compare_requests=2, compare_tokens=40,
+                       accept_rows=[1, 8], moe_tokens=[32, 256], copy_bytes=32 << 20,
+                       matmul_n=256, eager_concurrency=[1, 128])
+        return cls(device, tiny, conc, prompt_len=512, max_model_len=2048, timed_steps=20,
+                   warm_steps=3, compare_requests=4, compare_tokens=96,
+                   accept_rows=[1, 8, 32, 128], moe_tokens=[32, 256, 1024, 4096],
+                   copy_bytes=2 << 30, matmul_n=8192, eager_concurrency=[1, 128])
+
+
+# -- timing and ceilings -----------------------------------------------------------------------
+def sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], Any], device: str, iters: int = 20, warmup: int = 3) -> float:
+    """Median seconds per call: CUDA events on a GPU, the wall clock on a CPU."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        if device == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: str, nbytes: int) -> float:
+    """Bytes/s of a device copy, read + write counted (what a streaming kernel can reach)."""
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / time_fn(lambda: dst.copy_(src), device)
+
+
+def matmul_peak(device: str, n: int, dtype: Any) -> float:
+    """FLOP/s of a square matmul in `dtype` (measured, not the datasheet)."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / time_fn(lambda: a @ b, device)
+
+
+# -- the roofline ------------------------------------------------------------------------------
+def experts_touched(num_experts: int, top_k: int, tokens: int) -> float:
+    """Expected distinct experts chosen by `tokens` tokens, top_k each, uniform routing."""
+    if num_experts <= 0 or tokens <= 0:
+        return 0.0
+    return num_experts * (1 - (1 - top_k / num_experts) ** tokens)
+
+
+def roofline(cfg: Any, queries: list[int], keys: list[int], logit_rows: int, wbytes: int,
+             bw: float, peak: float) -> dict[str, Any]:
+    """One forward: `queries[i]` rows of sequence i attending to `keys[i]` keys each (their
+    last query row's; block-causal rows of one block all see the same keys), `logit_rows`
+    rows of logits; `wbytes` bytes per weight and KV element (the model dtype)."""
+    H, V, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
+    nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    E, k, mi = cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size
+    T = sum(queries)
+    moe_layers = sum(1 for i in range(L) if cfg.is_moe_layer(i))
+    dense_layers = L - moe_layers
+    attn = (nh + 2 * nkv) * hd * H + nh * hd * H  # weights per layer
+    dense = 3 * H * cfg.intermediate_size
+    shared = 3 * H * mi * cfg.num_shared_experts
+    expert = 3 * H * mi
+    touched = experts_touched(E, k, T)
+    weights = (wbytes * (L * attn + dense_layers * dense + moe_layers * (shared + touched * expert)
+                         + V * H + T * H) + 4 * moe_layers * E * H)  # router fp32
+    kv_tok = 2 * L * nkv * hd * wbytes  # K and V of one token, every layer
+    kv = kv_tok * (sum(keys) + T)  # read every key once per sequence; write this step's
+    logits = 2 * wbytes * logit_rows * V
+    per_token = 2 * (L * attn + dense_layers * dense + moe_layers * (shared + k * expert + E * H))
+    attn_flops = 4 * L * nh * hd * sum(q * kk for q, kk in zip(queries, keys, strict=True))
+    flops = T * per_token + attn_flops + 2 * logit_rows * H * V
+    nbytes = weights + kv + logits
+    t_mem, t_flop = nbytes / bw, flops / peak
+    return {"tokens": T, "bytes_GB": nbytes / 1e9, "weights_GB": weights / 1e9,
+            "kv_GB": kv / 1e9, "logits_GB": logits / 1e9, "GFLOP": flops / 1e9,
+            "experts_touched_per_layer": touched, "roofline_ms": max(t_mem, t_flop) * 1e3,
+            "bound": "memory" if t_mem >= t_flop else "compute"}
+
+
+# -- profiler ----------------------------------------------------------------------------------
+def kernel_table(prof: Any, device: str) -> list[dict[str, Any]]:
+    """Top kernels by total device time (CUDA), or top CPU ops by self time (CPU)."""
+    from torch.autograd import DeviceType
+
+    if device == "cuda":
+        agg: dict[str, list[float]] = {}
+        for e in prof.events():
+            if e.device_type != DeviceType.CUDA:
+                continue
+            us = float(e.time_range.elapsed_us())
+            agg.setdefault(e.name, []).append(us)
+        rows = [{"name": n, "calls": len(v), "total_us": sum(v), "avg_us": sum(v) / len(v)}
+                for n, v in agg.items()]
+    else:
+        rows = [{"name": a.key, "calls": a.count, "total_us": float(a.self_cpu_time_total),
+                 "avg_us": float(a.self_cpu_time_total) / max(1, a.count)}
+                for a in prof.key_averages()]
+    rows.sort(key=lambda r: -r["total_us"])
+    total = sum(r["total_us"] for r in rows) or 1.0
+    for r in rows:
+        r["share"] = r["total_us"] / total
+    return rows
+
+
+# aten SDPA ops (eager steps) and kernel-name fragments (also inside graph replays) → backend
+SDPA_OPS = {"_scaled_dot_product_flash_attention_for_cpu": "cpu flash",
+            "_scaled_dot_product_flash_attention": "flash",
+            "_scaled_dot_product_efficient_attention": "mem_efficient",
+            "_scaled_dot_product_cudnn_attention": "cudnn",
+            "_scaled_dot_product_attention_math": "math"}
+ATTENTION_KERNELS = (("flashinfer", ("flashinfer", "batchprefill", "batchdecode")),
+                     ("flash", ("flash_fwd", "pytorch_flash")),
+                     ("mem_efficient", ("fmha_cutlass", "efficient_attention", "mem_eff")),
+                     ("cudnn", ("cudnn_generated_fort_native_sdpa", "cudnn_sdpa", "cudnn_fmha")))
+
+
+def attention_evidence(names: list[str]) -> dict[str, Any]:
+    """Which attention implementation ran, from the op and kernel names of a profile."""
+    kinds: list[str] = []
+    ops = sorted({n for n in names if "scaled_dot_product" in n})
+    for op in ops:
+        kind = next((k for o, k in SDPA_OPS.items() if op.removeprefix("aten::") == o), None)
+        if kind and kind not in kinds:
+            kinds.append(kind)
+    low = {n.lower() for n in names}
+    for kind, frags in ATTENTION_KERNELS:
+        if kind not in kinds and any(f in n for n in low for f in frags):
+            kinds.append(kind)
+    kernels = sorted({n[:100] for n in names if any(f in n.lower() for f in (
+        "attention", "fmha", "flash", "sdpa", "softmax"))})[:8]
+    return {"kinds": kinds or ["none recognised (math path: bmm + softmax kernels?)"],
+            "sdpa_ops": ops, "attention_like": kernels}
+
+
+def profile_steps(engine: Any, device: str, steps: int) -> tuple[list[dict[str, Any]], str,
+                                                                   dict[str, Any], float]:
+    """(table rows, the profiler's own table text, attention evidence, wall seconds)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            engine.step()
+        sync(device)
+    wall = time.perf_counter() - t0
+    rows = kernel_table(prof, device)
+    sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    try:
+        text = prof.key_averages().table(sort_by=sort, row_limit=TOP_KERNELS)
+    except Exception:  # noqa: BLE001 - an older profiler's key name
+        text = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=TOP_KERNELS)
+    names = [r["name"] for r in rows] + [e.name for e in prof.events()]
+    return rows, text, attention_evidence(names), wall
+
+
+def count_syncs(engine: Any, device: str) -> dict[str, Any]:
+    """Synchronizing CUDA calls in one `engine.step()` (torch's sync debug mode warnings)."""
+    import warnings
+
+    import torch
+
+    if device != "cuda":
+        return {"status": "skipped", "reason": "torch.cuda.set_sync_debug_mode needs CUDA"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            engine.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    msgs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    return {"status": "ok", "syncs": len(msgs), "examples": sorted(set(msgs))[:3]}
+
+
+# -- the check ---------------------------------------------------------------------------------
+class Check:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.plan = Plan.make(args.device, args.tiny)
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + args.budget_s
+        self.result: dict[str, Any] = {"meta": self._meta(), "notes": []}
+        for s in SECTIONS:
+            self.result[s] = {"status": "pending"}
+        self.profile_text: list[str] = []
+        self.tmp = tempfile.TemporaryDirectory(prefix="gpu_check_")
+        self.engines: dict[str, Any] = {}
+        self.peak: dict[str, float] = {}
+
+    # bookkeeping
+    def log(self, msg: str) -> None:
+        print(f"[{time.monotonic() - self.t0:7.1f}s] {msg}", flush=True)
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def _meta(self) -> dict[str, Any]:
+        a = self.args
+        return {"command": os.environ.get("GPU_CHECK_COMMAND") or " ".join(
+                    shlex.quote(x) for x in sys.argv),
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "commit": os.environ.get("GPU_CHECK_COMMIT") or git_commit(),
+                "host": platform.node(), "python": platform.python_version(),
+                "device_arg": a.device, "shape": "tiny" if a.tiny else "LLaDA2.0-mini",
+                "budget_s": a.budget_s}
+
+    def section(self, name: str, fn: Callable[[], dict[str, Any]], need_s: float) -> None:
+        if self.left() < need_s:
+            self.result[name] = {"status": "skipped", "reason": f"time budget: {self.left():.0f}"
+                                 f" s left, section needs about {need_s:.0f} s"}
+            self.log(f"{name}: skipped (budget)")
+            self.write()
+            return
+        self.log(f"{name}: start")
+        t = time.monotonic()
+        try:
+            res = fn()
+            res.setdefault("status", "ok")
+        except Exception as e:  # noqa: BLE001 - record it and go on with the next section
+            tb = traceback.format_exc()
+            print(tb, flush=True)
+            res = {"status": "error", "error": f"{type(e).__name__}: {e}"[:500],
+                   "traceback_tail": tb.strip().splitlines()[-6:]}
+        res["seconds"] = round(time.monotonic() - t, 1)
+        self.result[name] = res
+        self.log(f"{name}: {res['status']} in {res['seconds']} s")
+        self._free_memory()
+        self.write()
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if self.plan.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def write(self) -> None:
+        self.result["meta"]["elapsed_s"] = round(time.monotonic() - self.t0, 1)
+        write_summary(self.out, self.result)
+        if self.profile_text:
+            (self.out / PROFILE_FILE).write_text("\n".join(self.profile_text))
+
+    # model folders and engines
+    @property
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return torch.bfloat16 if self.plan.device == "cuda" else torch.float32
+
+    def model_dir(self, arch: str) -> Path:
+        from server.tiny.generate import make_tiny_model
+
+        d = Path(self.tmp.name) / arch
+        if not (d / "config.json").exists():
+            make_tiny_model(d, arch=arch, config_of=None if self.plan.tiny else "mini",
+                            weights=False, tokenizer=False,
+                            dtype="bfloat16" if self.plan.device == "cuda" else "float32")
+        return d
+
+    def engine(self, arch: str, eager: bool) -> Any:
+        from server.engine.engine import Engine
+        from server.engine.llm import engine_config
+
+        p = self.plan
+        cmax = max(p.concurrency)
+        pages = cmax * -(-(p.prompt_len + 256) // 32) + 64
+        t = time.monotonic()
+        e = Engine(engine_config(
+            str(self.model_dir(arch)), device=p.device, load_format="dummy",
+            dtype="bfloat16" if p.device == "cuda" else "float32", enforce_eager=eager,
+            max_model_len=p.max_model_len, num_pages=pages, max_running_requests=cmax,
+            max_num_batched_tokens=max(8192, 2 * 32 * cmax), seed=0))
+        self.log(f"engine {arch} eager={eager} built in {time.monotonic() - t:.1f} s; "
+                 f"uses_graphs={getattr(e.runner, 'uses_graphs', None)}")
+        return e
+
+    def drop(self, key: str) -> None:
+        self.engines.pop(key, None)
+        self._free_memory()
+
+    # sections
+    def env(self) -> dict[str, Any]:
+        import torch
+
+        info: dict[str, Any] = {"torch": torch.__version__, "cuda_available":
+                                torch.cuda.is_available()}
+        try:
+            import triton
+
+            info["triton"] = triton.__version__
+        except ImportError as e:
+            info["triton"] = f"absent ({e})"
+        import importlib.util
+
+        for pkg in ("flashinfer", "transformers", "tokenizers", "safetensors", "fastapi"):
+            try:
+                info[f"has_{pkg}"] = importlib.util.find_spec(pkg) is not None
+            except (ImportError, ValueError):
+                info[f"has_{pkg}"] = False
+        if self.plan.device == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError("--device cuda but torch.cuda.is_available() is False")
+            prop = torch.cuda.get_device_properties(0)
+            info.update(device=torch.cuda.get_device_name(0), sm=f"{prop.major}.{prop.minor}",
+                        sms=prop.multi_processor_count, memory_GiB=prop.total_memory / 2**30,
+                        cuda=torch.version.cuda)
+            info["sdpa_enabled"] = {
+                "flash": torch.backends.cuda.flash_sdp_enabled(),
+                "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+                "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+                "math": torch.backends.cuda.math_sdp_enabled()}
+        else:
+            info.update(device=f"cpu ({os.cpu_count()} cores)", threads=torch.get_num_threads())
+        import unmask_kernels.acceptance
+        import unmask_kernels.moe  # noqa: F401 - registers the "moe" backends
+        from unmask_kernels.registry import resolve
+
+        for op in ("acceptance", "moe"):
+            try:
+                info[f"{op}_auto"] = resolve(op, "auto", self.plan.device)[0]
+            except Exception as e:  # noqa: BLE001
+                info[f"{op}_auto"] = f"error: {e}"
+        self.result["meta"]["device"] = info["device"]
+        return info
+
+    def peaks(self) -> dict[str, Any]:
+        p = self.plan
+        bw = copy_bandwidth(p.device, p.copy_bytes)
+        peak = matmul_peak(p.device, p.matmul_n, self.torch_dtype)
+        self.peak = {"bw": bw, "flops": peak}
+        res = {"copy_bandwidth_GBps": bw / 1e9, "matmul_peak_TFLOPs": peak / 1e12,
+               "matmul_dtype": str(self.torch_dtype).removeprefix("torch."),
+               "copy_bytes": p.copy_bytes, "matmul_n": p.matmul_n}
+        dev = self.result["env"].get("device", "")
+        if "H200" in str(dev):
+            d = DATASHEET["H200"]
+            res["datasheet"] = d
+            res["copy_vs_datasheet"] = bw / 1e12 / d["hbm_TBps"]
+            res["matmul_vs_datasheet"] = peak / 1e12 / d["bf16_dense_TFLOPs"]
+        return res
+
+    def _need_peaks(self) -> tuple[float, float]:
+        if not self.peak:
+            raise RuntimeError("no measured peaks (the peaks section did not complete)")
+        return self.peak["bw"], self.peak["flops"]
+
+    def kernels(self) -> dict[str, Any]:
+        import torch
+
+        import unmask_kernels.acceptance
+        import unmask_kernels.moe  # noqa: F401 - registers the "moe" backends
+        from server.model.config import ModelConfig
+        from server.tiny.tokenizer import TINY_TOKEN_IDS
+        from unmask_kernels.registry import resolve
+
+        p, dev, dt = self.plan, self.plan.device, self.torch_dtype
+        bw, peak = self._need_peaks()
+        cfg = ModelConfig.from_file(self.model_dir("llada2") / "config.json")
+        V, B, mask = cfg.vocab_size, 32, TINY_TOKEN_IDS["<|mask|>"]
+        name, accept = resolve("acceptance", "auto", dev)
+        acc = []
+        g = torch.Generator(device=dev).manual_seed(0)
+        for S in p.accept_rows:
+            logits = torch.randn(S, B, V, device=dev, dtype=dt, generator=g) * 4
+            ids = torch.full((S, B), mask, device=dev)
+            und = torch.ones(S, B, dtype=torch.bool, device=dev)
+            thr = torch.full((S,), 0.95, device=dev)
+            k = torch.ones(S, dtype=torch.long, device=dev)
+            t = time_fn(lambda: accept(logits, ids, und, thr, k, mask), dev)  # noqa: B023
+            nbytes = logits.numel() * logits.element_size()
+            acc.append({"S": S, "logits_MiB": nbytes / 2**20, "us": t * 1e6,
+                        "GBps": nbytes / t / 1e9, "fraction_of_copy_bw": nbytes / t / bw})
+        E, k_, H, inter = cfg.num_experts, cfg.num_experts_per_tok, cfg.hidden_size, \
+            cfg.moe_intermediate_size
+        w13 = torch.randn(E, 2 * inter, H, device=dev, dtype=dt, generator=g) * H ** -0.5
+        w2 = torch.randn(E, H, inter, device=dev, dtype=dt, generator=g) * inter ** -0.5
+        moe: dict[str, list[dict[str, Any]]] = {}
+        backends = ["auto"] + (["grouped"] if dev == "cuda" else [])
+        for backend in backends:
+            try:
+                chosen, fn = resolve("moe", backend, dev)
+            except ValueError as e:
+                moe[backend] = [{"error": str(e)}]
+                continue
+            rows = []
+            for T in p.moe_tokens:
+                x = torch.randn(T, H, device=dev, dtype=dt, generator=g)
+                ids = torch.rand(T, E, device=dev, generator=g).topk(k_, dim=-1).indices
+                w = torch.rand(T, k_, device=dev, generator=g)
+                t = time_fn(lambda: fn(x, ids, w, w13, w2), dev)  # noqa: B023
+                touched = int(torch.unique(ids).numel())
+                flops = T * k_ * 6 * H * inter
+                wb = touched * 3 * H * inter * w13.element_size()
+                rows.append({"tokens": T, "experts_touched": touched, "us": t * 1e6,
+                             "TFLOPs": flops / t / 1e12,
+                             "fraction_of_matmul_peak": flops / t / peak,
+                             "weight_GBps": wb / t / 1e9, "fraction_of_copy_bw": wb / t / bw})
+            moe[f"{backend} ({chosen})"] = rows
+        return {"acceptance_backend": name, "acceptance_logits_dtype": str(dt), "vocab": V,
+                "acceptance": acc, "moe_shape": {"E": E, "top_k": k_, "H": H, "I": inter},
+                "moe": moe}
+
+    def graphs_vs_eager(self) -> dict[str, Any]:
+        import torch
+
+        from server.core import GenerateRequest, SamplingParams
+
+        p = self.plan
+        res: dict[str, Any] = {}
+        g = torch.Generator().manual_seed(123)
+        prompts = [tuple(torch.randint(0, ORDINARY_IDS, (n,), generator=g).tolist())
+                   for n in (40, 64, 23, 100)[: p.compare_requests]]
+        capture_step = 4  # a decode step (after the prompts' prefill)
+        tokens: dict[str, list[list[int]]] = {}
+        logits: dict[str, Any] = {}
+        for key, eager in (("graphs", False), ("eager", True)):
+            e = self.engines[f"llada2-{key}"] = self.engine("llada2", eager)
+            res[f"{key}_uses_graphs"] = bool(getattr(e.runner, "uses_graphs", False))
+            res[f"{key}_attention_backend"] = e.info.attention_backend
+            res[f"{key}_acceptance_backend"] = e.info.acceptance_backend
+            replays0 = getattr(e.runner, "replays", None)
+            seen: dict[str, Any] = {}
+            spied = _spy_forward(e.runner, seen)
+            outs: dict[str, list[int]] = {}
+            for i, ids in enumerate(prompts):
+                e.add_request(GenerateRequest(f"cmp-{i}", ids, SamplingParams(
+                    max_tokens=p.compare_tokens, ignore_eos=True)))
+            step = 0
+            while e.has_work():
+                seen["capture"] = step == capture_step
+                for o in e.step().outputs:
+                    outs.setdefault(o.rid, []).extend(o.new_token_ids)
+                step += 1
+            _unspy(e.runner, spied)
+            tokens[key] = [outs.get(f"cmp-{i}", []) for i in range(len(prompts))]
+            logits[key] = seen.get("logits")
+            replays = getattr(e.runner, "replays", None)
+            res[f"{key}_steps"] = step
+            res[f"{key}_graph_replays"] = (None if replays is None or replays0 is None
+                                           else replays - replays0)
+        same = [a == b for a, b in zip(tokens["graphs"], tokens["eager"], strict=True)]
+        res["requests"] = len(prompts)
+        res["tokens_identical"] = sum(same)
+        res["first_divergence"] = [_first_diff(a, b) for a, b in
+                                   zip(tokens["graphs"], tokens["eager"], strict=True)]
+        res["tokens_per_request"] = [len(t) for t in tokens["eager"]]
+        res["logits"] = _compare_logits(logits["graphs"], logits["eager"], capture_step)
+        if not res["graphs_uses_graphs"]:
+            res["note"] = ("the graph engine uses no CUDA graphs on this device: both runs are "
+                           "eager, so this only checks determinism")
+        res["experts_touched_eager"] = self._experts_on_eager(
+            self.engines["llada2-eager"], 8 if p.device == "cpu" else 32)
+        return res
+
+    def _experts_on_eager(self, engine: Any, conc: int) -> dict[str, Any]:
+        """Distinct routed experts per MoE layer on one eager steady step, counted by router
+        hooks (eager engine only), beside the analytic expectation for the same tokens."""
+        import torch
+
+        from server.model.moe import Router
+
+        self._start(engine, conc, "exp")
+        counts: list[int] = []
+        tokens: list[int] = []
+
+        def hook(_m: Any, inp: Any, out: Any) -> None:
+            counts.append(int(torch.unique(out[0]).numel()))
+            tokens.append(int(inp[0].shape[0]))
+
+        handles = [m.register_forward_hook(hook) for m in engine.runner.model.modules()
+                   if isinstance(m, Router)]
+        try:
+            engine.step()
+        finally:
+            for h in handles:
+                h.remove()
+        self._abort_all(engine)
+        cfg = engine.runner.model.cfg
+        T = tokens[0] if tokens else 0
+        return {"concurrency": conc, "tokens": T, "layers": len(counts),
+                "measured_mean": statistics.mean(counts) if counts else None,
+                "measured_min": min(counts, default=None),
+                "analytic": experts_touched(cfg.num_experts, cfg.num_experts_per_tok, T)}
+
+    def _start(self, engine: Any, conc: int, tag: str) -> dict[str, int]:
+        """Add `conc` long greedy requests and step until every one is decoding."""
+        import torch
+
+        from server.core import GenerateRequest, SamplingParams
+
+        p = self.plan
+        block = engine.info.block_size
+        g = torch.Generator().manual_seed(conc)
+        max_tokens = engine.max_model_len - p.prompt_len - 2 * block
+        for i in range(conc):
+            ids = tuple(torch.randint(0, ORDINARY_IDS, (p.prompt_len,), generator=g).tolist())
+            engine.add_request(GenerateRequest(f"{tag}-{conc}-{i}", ids, SamplingParams(
+                max_tokens=max_tokens, ignore_eos=True)))
+        committed, warm, steps = 0, 0, 0
+        while warm < p.warm_steps and steps < 400:
+            s = engine.step().stats
+            committed += s.tokens_committed
+            steps += 1
+            if _decoding(s, conc, block):
+                warm += 1
+        if warm < p.warm_steps:
+            raise RuntimeError(f"c={conc}: no steady decode step after {steps} steps")
+        return {"committed": committed, "steps": steps}
+
+    def _abort_all(self, engine: Any) -> None:
+        for rid in list(engine.scheduler.live):
+            engine.abort(rid)
+
+    def time_concurrency(self, engine: Any, conc: int, mode: str, tag: str,
+                         profile: bool) -> dict[str, Any]:
+        p = self.plan
+        bw, peak = self._need_peaks()
+        block = engine.info.block_size
+        start = self._start(engine, conc, tag)
+        runner = engine.runner
+        times, toks, committed, replayed = [], [], 0, 0
+        for _ in range(p.timed_steps):
+            r0 = getattr(runner, "replays", None)
+            sync(p.device)
+            t0 = time.perf_counter()
+            s = engine.step().stats
+            sync(p.device)
+            times.append(time.perf_counter() - t0)
+            toks.append(s.num_tokens)
+            committed += s.tokens_committed
+            r1 = getattr(runner, "replays", None)
+            replayed += int(r0 is not None and r1 is not None and r1 > r0)
+        syncs = count_syncs(engine, p.device)
+        res: dict[str, Any] = {"mode": mode, "concurrency": conc, "steps": len(times),
+                               "step_ms_median": statistics.median(times) * 1e3,
+                               "step_ms_min": min(times) * 1e3,
+                               "step_ms_mean": statistics.mean(times) * 1e3,
+                               "tokens_forwarded_median": statistics.median(toks),
+                               "tokens_per_forward": committed / max(1, conc * len(times)),
+                               "output_tokens_per_s": committed / sum(times),
+                               "graph_replayed_steps": (replayed if getattr(
+                                   runner, "replays", None) is not None else None),
+                               "host_syncs_per_step": syncs.get("syncs"),
+                               "host_sync_examples": syncs.get("examples", [])}
+        if profile:
+            rows, text, attn, wall = profile_steps(engine, p.device, 3)
+            busy = sum(r["total_us"] for r in rows) / 1e6 / wall if p.device == "cuda" else None
+            res["profile"] = {"top": [_short(r) for r in rows[:TOP_KERNELS]],
+                              "attention": attn, "wall_ms_per_step": wall / 3 * 1e3,
+                              "gpu_busy_fraction": busy}
+            what = "CUDA kernels" if p.device == "cuda" else "CPU ops"
+            self.profile_text.append(f"==== {mode} c={conc} ({what}, 3 steps) ====\n{text}")
+        self._abort_all(engine)
+        ctx = p.prompt_len + start["committed"] / conc + committed / conc / 2
+        rows_per_seq = block if mode.startswith("diffusion") else 1
+        keys = [int(ctx + rows_per_seq)] * conc
+        roof = roofline(engine.runner.model.cfg, [rows_per_seq] * conc, keys,
+                        rows_per_seq * conc, self.torch_dtype.itemsize, bw, peak)
+        res["roofline"] = roof
+        res["fraction_of_roofline"] = roof["roofline_ms"] / res["step_ms_median"]
+        self.log(f"{mode} c={conc}: {res['step_ms_median']:.2f} ms/step, roofline "
+                 f"{roof['roofline_ms']:.2f} ms ({roof['bound']}), "
+                 f"{res['fraction_of_roofline']:.0%}; replayed {res['graph_replayed_steps']}"
+                 f"/{len(times)}; syncs {res['host_syncs_per_step']}")
+        return res
+
+    def sweep(self, key: str, arch: str, eager: bool, mode: str, concs: list[int],
+              per_c_s: float) -> dict[str, Any]:
+        e = self.engines.get(key) or self.engine(arch, eager)
+        self.engines[key] = e
+        runs, skipped = [], []
+        lo, hi = min(concs), max(concs)
+        for c in concs:
+            if self.left() < per_c_s:
+                skipped.append(c)
+                continue
+            try:
+                runs.append(self.time_concurrency(e, c, mode, key, profile=not eager
+                                                  and c in (lo, hi) and mode == "diffusion"))
+            except Exception as ex:  # noqa: BLE001 - one concurrency failing: the rest run
+                print(traceback.format_exc(), flush=True)
+                runs.append({"mode": mode, "concurrency": c, "error":
+                             f"{type(ex).__name__}: {ex}"[:400]})
+                self._abort_all(e)
+                self._free_memory()
+        res: dict[str, Any] = {"engine": _info(e), "uses_graphs": bool(
+            getattr(e.runner, "uses_graphs", False)), "runs": runs,
+            "graph_counters": _graph_counters(e.runner)}
+        if skipped:
+            res["skipped_concurrency"] = skipped
+            res["skip_reason"] = "time budget"
+        return res
+
+    def run(self) -> int:
+        p = self.plan
+        gpu = p.device == "cuda"
+        self.section("env", self.env, 0)
+        if self.result["env"]["status"] != "ok":
+            self.write()
+            return 1
+        self.section("peaks", self.peaks, 5)
+        self.section("kernels", self.kernels, 30 if gpu else 5)
+        self.section("graphs_vs_eager", self.graphs_vs_eager, 60 if gpu else 5)
+        self.section("diffusion", lambda: self.sweep(
+            "llada2-graphs", "llada2", False, "diffusion", p.concurrency, 15 if gpu else 1),
+            30 if gpu else 2)
+        self.drop("llada2-graphs")
+        self.section("diffusion_eager", lambda: self.sweep(
+            "llada2-eager", "llada2", True, "diffusion (eager)", p.eager_concurrency,
+            15 if gpu else 1), 30 if gpu else 2)
+        self.drop("llada2-eager")
+        self.section("ar", lambda: self.sweep("ling2", "ling2", False, "ar", p.concurrency,
+                                              10 if gpu else 1), 30 if gpu else 2)
+        self.drop("ling2")
+        for s in ("pytest", "install"):
+            if self.result[s]["status"] == "pending":
+                self.result[s] = {"status": "pending", "reason": "gpu_check.sh fills this in "
+                                  "after the check (--finalize)"}
+        self.result["notes"] += self._notes()
+        self.write()
+        self.tmp.cleanup()
+        return 0
+
+    def _notes(self) -> list[str]:
+        notes = ["random (dummy) weights commit about 1 token per step at threshold 0.95: "
+                 "tokens_per_forward is not a trained model's figure; no --simulate-tpf run "
+                 "here, so no figure is simulated"]
+        if self.plan.device == "cpu":
+            notes.append("CPU check: the GPU-only measurements (CUDA graphs, host syncs, "
+                         "kernel tables, datasheet ratios) are skipped or stand in for the "
+                         "code path only; the CPU timings mean nothing for the GPU")
+        return notes
+
+
+# -- small helpers -------------------------------------------------------------------------------
+def _decoding(s: Any, conc: int, block: int) -> bool:
+    """A step in which every one of the `conc` sequences decodes (no prefill chunk, nobody
+    waiting); a diffusion sequence forwards its active block, maybe with a folded commit."""
+    return (s.num_running == conc and s.num_waiting == 0 and s.num_seqs == conc
+            and s.num_logit_rows == conc and s.num_tokens <= 2 * block * conc)
+
+
+def _spy_forward(runner: Any, seen: dict[str, Any]) -> Any:
+    """Wrap `runner.forward` (the Runner protocol) to keep the logits of the step marked
+    `seen["capture"]`; returns what to restore."""
+    orig = runner.forward
+    own = "forward" in getattr(runner, "__dict__", {})
+
+    def spy(batch: Any, *a: Any, **kw: Any) -> Any:
+        out = orig(batch, *a, **kw)
+        if seen.get("capture") and "logits" not in seen:
+            import torch
+
+            seen["logits"] = (out.detach().float().cpu().clone() if isinstance(out, torch.Tensor)
+                              else f"not a tensor: {type(out).__name__}")
+        return out
+
+    try:
+        runner.forward = spy
+    except AttributeError:  # slots: no spying, the logits comparison says "not captured"
+        return None
+    return orig, own
+
+
+def _unspy(runner: Any, spied: Any) -> None:
+    if spied is not None:
+        orig, own = spied
+        if own:
+            runner.forward = orig
+        else:
+            del runner.forward  # the instance attribute: the class's method again
+
+
+def _compare_logits(a: Any, b: Any, step: int) -> dict[str, Any]:
+    import torch
+
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        return {"status": "not captured", "graphs": str(a)[:80], "eager": str(b)[:80],
+                "reason": "the engine did not call runner.forward with a logits tensor"}
+    if a.shape != b.shape:
+        return {"status": "shape mismatch", "graphs": list(a.shape), "eager": list(b.shape)}
+    diff = (a - b).abs()
+    scale = b.abs().max().clamp_min(1e-12)
+    return {"status": "ok", "step": step, "rows": a.shape[0], "vocab": a.shape[-1],
+            "max_abs_diff": float(diff.max()), "max_rel_to_max": float(diff.max() / scale),
+            "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
+
+
+def _first_diff(a: list[int], b: list[int]) -> int | None:
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+    return n if n is not None or len(a) == len(b) else min(len(a), len(b))
+
+
+def _short(r: dict[str, Any]) -> dict[str, Any]:
+    name = r["name"] if len(r["name"]) <= 100 else r["name"][:97] + "..."
+    return {"name": name, "calls": r["calls"], "total_us": round(r["total_us"], 1),
+            "avg_us": round(r["avg_us"], 2), "share": round(r["share"], 4)}
+
+
+def _graph_counters(runner: Any) -> dict[str, int]:
+    """Whatever integer counters the graph runner offers (`replays` at least, if it exists);
+    read with getattr only, so the runner's internals may change freely."""
+    out = {}
+    for name in ("replays", "eager_steps", "rows_forwarded", "rows_padding"):
+        v = getattr(runner, name, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            out[name] = v
+    return out
+
+
+def _info(engine: Any) -> dict[str, Any]:
+    i = engine.info
+    return {k: getattr(i, k) for k in ("architecture", "mode", "device", "dtype", "block_size",
+                                       "num_pages", "max_model_len", "attention_backend",
+                                       "acceptance_backend")}
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return head + (f" (+{len(dirty.splitlines())} uncommitted paths)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git metadata)"
+
+
+# -- summary -------------------------------------------------------------------------------------
+def write_summary(out: Path, result: dict[str, Any]) -> None:
+    (out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / "summary.md").write_text(render_md(result))
+
+
+def _f(x: Any, fmt: str = ".2f") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and math.isnan(x):
+        return "nan"
+    return format(x, fmt) if isinstance(x, int | float) else str(x)
+
+
+def _status(sec: dict[str, Any]) -> str:
+    s = sec.get("status", "?")
+    why = sec.get("reason") or sec.get("error")
+    return s + (f": {why}" if why and s != "ok" else "")
+
+
+def render_md(r: dict[str, Any]) -> str:
+    m = r["meta"]
+    env = r.get("env", {})
+    L = ["# GPU check (issue 18)", "",
+         f"- command: `{m.get('command')}`", f"- device: {m.get('device', '?')}",
+         f"- date: {m.get('date')}", f"- commit: {m.get('commit')}",
+         f"- shape: {m.get('shape')}; python {m.get('python')}, torch {env.get('torch', '?')},"
+         f" triton {env.get('triton', '?')}; elapsed {m.get('elapsed_s')} s of a "
+         f"{m.get('budget_s')} s budget", ""]
+    for n in r.get("notes", []):
+        L.append(f"> {n}")
+    L += ["", "| section | status |", "|---|---|"]
+    L += [f"| {s} | {_status(r[s]) if isinstance(r.get(s), dict) else '-'} |" for s in SECTIONS]
+    pk = r.get("peaks", {})
+    if pk.get("status") == "ok":
+        L += ["", "## Ceilings (measured)", "",
+              f"copy bandwidth {_f(pk['copy_bandwidth_GBps'], '.0f')} GB/s (read + write), "
+              f"{pk['matmul_dtype']} matmul {_f(pk['matmul_peak_TFLOPs'], '.3g')} TFLOP/s"
+              + (f"; vs the H200 datasheet (4.8 TB/s, 989 TFLOP/s): "
+                 f"{_f(pk['copy_vs_datasheet'], '.0%')}, {_f(pk['matmul_vs_datasheet'], '.0%')}"
+                 if "datasheet" in pk else "")]
+    kr = r.get("kernels", {})
+    if kr.get("status") == "ok":
+        L += ["", f"## Acceptance kernel ({kr['acceptance_backend']}, logits "
+              f"{kr['acceptance_logits_dtype']}, V {kr['vocab']}; target >= 80 % of copy "
+              "bandwidth)", "", "| S x 32 rows | MiB | us | GB/s | of copy bw |",
+              "|---|---|---|---|---|"]
+        L += [f"| {a['S']} | {_f(a['logits_MiB'], '.1f')} | {_f(a['us'], '.1f')} | "
+              f"{_f(a['GBps'], '.0f')} | {_f(a['fraction_of_copy_bw'], '.0%')} |"
+              for a in kr["acceptance"]]
+        L += ["", f"## MoE kernel ({kr['moe_shape']})", "",
+              "| backend | tokens | experts | us | TFLOP/s | of matmul peak | weight GB/s "
+              "| of copy bw |",
+              "|---|---|---|---|---|---|---|---|"]
+        for b, rows in kr["moe"].items():
+            for x in rows:
+                if "error" in x:
+                    L.append(f"| {b} | error: {x['error']} | | | | | | |")
+                    continue
+                L.append(f"| {b} | {x['tokens']} | {x['experts_touched']} | "
+                         f"{_f(x['us'], '.1f')} | {_f(x['TFLOPs'], '.1f')} | "
+                         f"{_f(x['fraction_of_matmul_peak'], '.0%')} | "
+                         f"{_f(x['weight_GBps'], '.0f')} | {_f(x['fraction_of_copy_bw'], '.0%')} |")
+    gv = r.get("graphs_vs_eager", {})
+    if gv.get("status") == "ok":
+        lg = gv.get("logits", {})
+        ex = gv.get("experts_touched_eager", {})
+        L += ["", "## CUDA graphs vs eager (greedy, same dummy weights)", "",
+              f"- graph engine uses graphs: {gv['graphs_uses_graphs']} (replays "
+              f"{_f(gv.get('graphs_graph_replays'))} over {gv['graphs_steps']} steps); "
+              f"attention {gv['graphs_attention_backend']}, acceptance "
+              f"{gv['graphs_acceptance_backend']}",
+              f"- tokens identical: {gv['tokens_identical']}/{gv['requests']} requests "
+              f"({gv['tokens_per_request']} tokens; first divergence {gv['first_divergence']})",
+              f"- logits of step {lg.get('step', '-')}: {lg.get('status')}; max abs diff "
+              f"{_f(lg.get('max_abs_diff'), '.3g')} ({_f(lg.get('max_rel_to_max'), '.2g')} of "
+              f"the largest logit), argmax agreement {_f(lg.get('argmax_agreement'), '.1%')}",
+              f"- routed experts per MoE layer on one eager step of {ex.get('tokens')} tokens: "
+              f"measured {_f(ex.get('measured_mean'), '.1f')} (min {ex.get('measured_min')}), "
+              f"analytic (uniform routing) {_f(ex.get('analytic'), '.1f')}"]
+        if gv.get("note"):
+            L.append(f"- note: {gv['note']}")
+    for key, title in (("diffusion", "Diffusion step"), ("diffusion_eager",
+                                                         "Diffusion step, enforce_eager"),
+                       ("ar", "AR decode step (Ling-2.0 twin)")):
+        sec = r.get(key, {})
+        if sec.get("status") != "ok":
+            continue
+        eng = sec.get("engine", {})
+        L += ["", f"## {title} (uses_graphs {sec.get('uses_graphs')}, attention "
+              f"{eng.get('attention_backend')}; target >= 60 % of roofline)", "",
+              "| c | ms/step (median) | roofline ms | bound | of roofline | tokens fwd | "
+              "graph steps | host syncs/step | TPF | out tok/s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for x in sec["runs"]:
+            if "error" in x:
+                L.append(f"| {x['concurrency']} | error: {x['error']} | | | | | | | | |")
+                continue
+            ro = x["roofline"]
+            L.append(f"| {x['concurrency']} | {_f(x['step_ms_median'])} | "
+                     f"{_f(ro['roofline_ms'])} | {ro['bound']} | "
+                     f"{_f(x['fraction_of_roofline'], '.0%')} | "
+                     f"{_f(x['tokens_forwarded_median'], '.0f')} | "
+                     f"{_f(x['graph_replayed_steps'])}/{x['steps']} | "
+                     f"{_f(x['host_syncs_per_step'])} | {_f(x['tokens_per_forward'])} | "
+                     f"{_f(x['output_tokens_per_s'], '.0f')} |")
+        if sec.get("graph_counters"):
+            L.append(f"\ngraph runner counters after the sweep: {sec['graph_counters']}")
+        if sec.get("skipped_concurrency"):
+            L.append(f"\nskipped (time budget): c = {sec['skipped_concurrency']}")
+        for x in sec["runs"]:
+            pr = x.get("profile")
+            if not pr:
+                continue
+            at = pr["attention"]
+            what = "CUDA kernels" if pr.get("gpu_busy_fraction") is not None else "CPU ops"
+            L += ["", f"### Profile c={x['concurrency']}: top {TOP_KERNELS} {what} (3 steps; "
+                  f"{_f(pr['wall_ms_per_step'])} ms/step wall, GPU busy "
+                  f"{_f(pr['gpu_busy_fraction'], '.0%')})", "",
+                  f"attention evidence: {', '.join(at['kinds'])}; SDPA ops "
+                  f"{at['sdpa_ops'] or '-'}", "",
+                  "| # | kernel | calls | total us | avg us | share |", "|---|---|---|---|---|---|"]
+            L += [f"| {i} | `{k['name']}` | {k['calls']} | {_f(k['total_us'], '.0f')} | "
+                  f"{_f(k['avg_us'], '.1f')} | {_f(k['share'], '.1%')} |"
+                  for i, k in enumerate(pr["top"], 1)]
+    for key in ("pytest", "install"):
+        sec = r.get(key, {})
+        if sec.get("status") not in (None, "pending"):
+            L += ["", f"## {key}", "", f"{_status(sec)}" + (f"; {sec['detail']}"
+                                                           if sec.get("detail") else "")]
+    return "\n".join(L) + "\n"
+
+
+def finalize(args: argparse.Namespace) -> int:
+    """Add the shell's pytest and install outcomes to the summary (no torch import)."""
+    out = Path(args.out)
+    path = out / "summary.json"
+    result = json.loads(path.read_text()) if path.exists() else {
+        "meta": {"command": os.environ.get("GPU_CHECK_COMMAND", "?"), "note":
+                 "the check wrote no summary (killed or crashed: see check_log.txt)"},
+        "notes": []}
+    if args.pytest_rc is None:
+        result["pytest"] = {"status": "skipped", "reason": args.pytest_note or "not run"}
+    else:
+        last = ""
+        log = out / args.pytest_log if args.pytest_log else None
+        if log is not None and log.exists():
+            lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+            last = lines[-1] if lines else ""
+        status = {0: "ok", 5: "ok"}.get(args.pytest_rc, "failed")
+        if args.pytest_rc in (124, 137):
+            status = "timeout"
+        result["pytest"] = {"status": status, "rc": args.pytest_rc, "detail": last,
+                            "reason": f"rc {args.pytest_rc} (raw output {args.pytest_log})"}
+    result["install"] = {"status": "ok" if args.install_rc == 0 else
+                         "skipped" if args.install_rc is None else "failed",
+                         "rc": args.install_rc,
+                         "reason": args.install_note or "",
+                         "detail": "imports come from the source tree (PYTHONPATH = the "
+                         "repository root) either way"}
+    if args.check_rc is not None:
+        result["meta"]["check_rc"] = args.check_rc
+    for s in SECTIONS[:-2]:  # what the check never reached (killed, or crashed)
+        sec = result.get(s)
+        if not isinstance(sec, dict) or sec.get("status") == "pending":
+            result[s] = {"status": "not reached", "reason": f"the check ended (rc "
+                         f"{args.check_rc}) before this section: see check_log.txt"}
+    result["meta"].setdefault("commit", os.environ.get("GPU_CHECK_COMMIT") or git_commit())
+    write_summary(out, result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="folder for summary.md/.json (+ profiles.txt)")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="the tiny shape instead of mini")
+    ap.add_argument("--budget-s", type=float, default=240.0,
+                    help="seconds for the whole check; sections past it are skipped")
+    ap.add_argument("--finalize", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--pytest-rc", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--pytest-log", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--pytest-note", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--install-rc", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--install-note", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--check-rc", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.finalize:
+        return finalize(args)
+    if args.device == "cpu" and not args.tiny:
+        ap.error("--device cpu needs --tiny (the mini shape is 16B parameters)")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return Check(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
