@@ -124,3 +124,22 @@ def test_paged_backend_eager_equals_torch(arch: str, request: pytest.FixtureRequ
     got = LLM(model, device="cpu", num_pages=64, max_num_batched_tokens=64,
               attention_backend="paged").generate(prompts, params)
     assert [o.token_ids for o in got] == [o.token_ids for o in ref]
+
+
+STEP_PATH = ("server/decoding", "server/runner", "server/engine", "server/scheduler",
+             "server/grammar/accept.py", "server/kv_cache")
+# host-side tensors only (qo_indptr, q_start and kv_len of a ForwardBatch live on the CPU)
+HOST_SIDE = {"server/runner/flashinfer_attention.py"}
+
+
+def test_device_reads_go_through_transfer() -> None:
+    """Every device→host read on the step path is `server.transfer.read` (counted)."""
+    root = Path(__file__).resolve().parents[2]
+    files = [p for entry in STEP_PATH for p in ((root / entry).rglob("*.py")
+             if (root / entry).is_dir() else [root / entry])]
+    assert len(files) > 15
+    offenders = [f"{p.relative_to(root)}:{i}" for p in files
+                 if str(p.relative_to(root)) not in HOST_SIDE
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if any(call in line for call in (".tolist()", ".item()", ".cpu()"))]
+    assert not offenders, offenders
