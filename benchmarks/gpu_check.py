@@ -383,13 +383,16 @@ class Check:
 
         p = self.plan
         cmax = max(p.concurrency)
-        pages = cmax * -(-(p.prompt_len + 256) // 32) + 64
+        pages: int | None = cmax * -(-(p.prompt_len + 256) // 32) + 64
+        memory: dict[str, Any] = {}
+        if p.device == "cuda" and not eager:  # the graphed engine sizes its pool from the
+            pages, memory = None, {"gpu_memory_utilization": 0.6}  # memory profile (logged)
         t = time.monotonic()
         e = Engine(engine_config(
             str(self.model_dir(arch)), device=p.device, load_format="dummy",
             dtype="bfloat16" if p.device == "cuda" else "float32", enforce_eager=eager,
             max_model_len=p.max_model_len, num_pages=pages, max_running_requests=cmax,
-            max_num_batched_tokens=max(8192, 2 * 32 * cmax), seed=0))
+            max_num_batched_tokens=max(8192, 2 * 32 * cmax), seed=0, **memory))
         self.log(f"engine {arch} eager={eager} built in {time.monotonic() - t:.1f} s; "
                  f"uses_graphs={getattr(e.runner, 'uses_graphs', None)}")
         return e
@@ -825,6 +828,9 @@ def _graph_counters(runner: Any) -> dict[str, int]:
         v = getattr(runner, name, None)
         if isinstance(v, int) and not isinstance(v, bool):
             out[name] = v
+    failed = getattr(runner, "failed", None)  # buckets whose capture failed (run eagerly)
+    if isinstance(failed, set):
+        out["failed_buckets"] = len(failed)
     return out
 
 

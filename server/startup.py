@@ -175,12 +175,12 @@ def default_editing(cfg: EngineConfig, model_dir: Path, levenshtein: bool = Fals
 
 
 def kv_pages(cfg: EngineConfig, m: ModelConfig, tp_size: int, page_size: int,
-             dtype: torch.dtype, device: torch.device, profile: MemoryProfile | None = None,
-             max_model_len: int | None = None) -> int:
+             dtype: torch.dtype, device: torch.device,
+             profile: MemoryProfile | None = None) -> int:
     """Pages of the KV pool for one of `tp_size` ranks (holding its share of `m`'s KV heads,
     `local_kv_heads`): `--num-pages`, else `--kv-cache-memory`, else on a GPU what the
-    memory `profile` leaves under `--gpu-memory-utilization` (refused below one request of
-    `max_model_len`), else a fixed default on CPU."""
+    memory `profile` leaves under `--gpu-memory-utilization` (the caller checks that one
+    request fits, `check_room`), else a fixed default on CPU."""
     c = cfg.cache
     if c.num_pages is not None:
         if c.num_pages < 1:
@@ -191,8 +191,7 @@ def kv_pages(cfg: EngineConfig, m: ModelConfig, tp_size: int, page_size: int,
     if c.kv_cache_memory is not None:
         budget = parse_bytes(c.kv_cache_memory)
     elif profile is not None:
-        assert max_model_len is not None
-        return pool_pages(profile, c.gpu_memory_utilization, per_page, page_size, max_model_len)
+        return pool_pages(profile, c.gpu_memory_utilization, per_page)
     elif device.type == "cuda":  # no profile (planning before the weights): free memory
         free, _ = torch.cuda.mem_get_info(device)
         budget = int(free * c.gpu_memory_utilization)

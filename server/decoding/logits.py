@@ -8,7 +8,7 @@ import torch
 
 from server.core import Sequence, TokenLogprob
 from server.grammar.accept import RowSampling
-from server.transfer import read
+from server.transfer import read, upload
 from unmask_kernels import SamplingBatch
 
 
@@ -57,14 +57,14 @@ def record_logprobs(seqs: list[Sequence], logits: torch.Tensor, written: list[li
     if not want:
         return
     dev = logits.device
-    row = torch.tensor([i for i in want for _ in written[i]], device=dev)
-    off = torch.tensor([o for i in want for o in written[i]], device=dev)
+    row = upload([i for i in want for _ in written[i]], None, dev)
+    off = upload([o for i in want for o in written[i]], None, dev)
     lp = logits[row, off].float()  # [W, V]: written positions of requesting rows
     if mask_id is not None:
         lp[:, mask_id] = -torch.inf
     lp = lp.log_softmax(-1)
     toks = [seqs[i].token_at(o) for i in want for o in written[i]]
-    chosen = lp.gather(1, torch.tensor(toks, device=dev)[:, None])[:, 0]  # [W]
+    chosen = lp.gather(1, upload(toks, None, dev)[:, None])[:, 0]  # [W]
     k = max(seqs[i].params.logprobs or 0 for i in want)
     top_v, top_i = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())  # [W, k]
     host = read(torch.cat([chosen[:, None], top_v, top_i.to(lp.dtype)], 1))  # one read
@@ -87,17 +87,16 @@ def process_logits(seqs: list[Sequence], logits: torch.Tensor, firsts: list[int]
     for i, (seq, first) in enumerate(zip(seqs, firsts, strict=True)):
         p = seq.params
         if p.logit_bias:
-            ids = torch.tensor([t for t, _ in p.logit_bias], device=logits.device)
-            bias = torch.tensor([b for _, b in p.logit_bias], dtype=logits.dtype,
-                                device=logits.device)
+            ids = upload([t for t, _ in p.logit_bias], None, logits.device)
+            bias = upload([b for _, b in p.logit_bias], logits.dtype, logits.device)
             logits[i, :, ids] += bias
         if p.min_tokens:
             early = [o for o in range(logits.shape[1])
                      if first + o - seq.prompt_len < p.min_tokens]
             stops = sorted((set() if p.ignore_eos else stop_ids) | set(p.stop_token_ids))
             if early and stops:
-                rows = torch.tensor(early, device=logits.device)
-                logits[i, rows[:, None], torch.tensor(stops, device=logits.device)] = -torch.inf
+                rows = upload(early, None, logits.device)
+                logits[i, rows[:, None], upload(stops, None, logits.device)] = -torch.inf
 
 
 PROMPT_LOGPROB_CHUNK = 1024  # rows of vocabulary-wide fp32 work at a time
@@ -110,7 +109,7 @@ def wants_prompt_logprobs(seq: Sequence) -> bool:
 def record_prompt_logprobs(seq: Sequence, logits: torch.Tensor) -> None:
     """logits [P-1, V]: row i is the next-token distribution after prompt token i."""
     n = seq.params.prompt_logprobs or 0
-    ids = torch.tensor(seq.req.prompt_ids[1:], device=logits.device)
+    ids = upload(seq.req.prompt_ids[1:], None, logits.device)
     host: list[list[float]] = []
     for lo in range(0, logits.shape[0], PROMPT_LOGPROB_CHUNK):  # bounded fp32 copies
         lp = logits[lo : lo + PROMPT_LOGPROB_CHUNK].float().log_softmax(-1)
@@ -165,9 +164,9 @@ def record_canvas(seqs: list[Sequence], logits: torch.Tensor | None,
     else:
         assert logits is not None
         dev = logits.device
-        lp = logits[torch.tensor(rows, device=dev), torch.tensor(offsets, device=dev)].float()
+        lp = logits[upload(rows, None, dev), upload(offsets, None, dev)].float()
         lp[:, mask_id] = -torch.inf  # [W, V]
-        chosen = torch.tensor(tokens, device=dev)[:, None]
+        chosen = upload(tokens, None, dev)[:, None]
         probs = read(lp.log_softmax(-1).gather(1, chosen)[:, 0].exp())  # one read
     for i, o, p in zip(rows, cells, probs, strict=True):
         conf = seqs[i].canvas_confidence

@@ -169,8 +169,8 @@ class BlockDiffusion:
             plain = [i for i, s in enumerate(seqs) if s.levenshtein is None]
             if plain:
                 cols = [self.edit_ids.delete, self.edit_ids.split]
-                logits[torch.tensor(plain, device=logits.device)[:, None, None], :,
-                       torch.tensor(cols, device=logits.device)] = -torch.inf
+                logits[upload(plain, None, logits.device)[:, None, None], :,
+                       upload(cols, None, logits.device)] = -torch.inf
         counts = self._accept_rows(seqs, logits)
         written = [[o for o, (a, b) in enumerate(zip(old, s.block, strict=True)) if a != b]
                    if old is not None and s.block is not None else []
@@ -186,14 +186,14 @@ class BlockDiffusion:
             return self._accept_free(seqs, logits)
         counts = [0] * S
         if free:
-            rows = torch.tensor(free, device=logits.device)
+            rows = upload(free, None, logits.device)
             for i, n in zip(free, self._accept_free([seqs[i] for i in free], logits[rows]),
                             strict=True):
                 counts[i] = n
         lev = [i for i, s in enumerate(seqs) if s.levenshtein is not None]
         if lev:  # one pass and one host read for every LLaDA2.2 editing row
             assert self.edit_ids is not None
-            rows = torch.tensor(lev, device=logits.device)
+            rows = upload(lev, None, logits.device)
             for i, c in zip(lev, levenshtein.choose(logits[rows], self.edit_ids), strict=True):
                 seq = seqs[i]
                 assert seq.editing is not None
@@ -355,7 +355,7 @@ class Autoregressive:
         rows = [s.end - (s.logits_start if s.logits_start is not None else s.end - 1)
                 for s in segments]
         if any(r > 1 for r in rows):
-            last = torch.tensor(rows, device=logits.device).cumsum(0) - 1
+            last = upload(rows, None, logits.device).cumsum(0) - 1
             start = 0
             for seg, r in zip(segments, rows, strict=True):
                 if r > 1:

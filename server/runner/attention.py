@@ -56,13 +56,14 @@ class TorchAttention:
 
     def prepare(self, fb: ForwardBatch) -> _TorchMeta:
         dev = fb.input_ids.device
-        q_len = (fb.qo_indptr[1:] - fb.qo_indptr[:-1]).to(dev)  # [S]
-        q_start = fb.q_start.to(dev)
-        kv_len = fb.kv_len.to(dev)
-        q_max, k_max = int(q_len.max()), int(fb.kv_len.max())
+        q_len_host = fb.qo_indptr[1:] - fb.qo_indptr[:-1]  # [S] cpu
+        q_max, k_max = int(q_len_host.max()), int(fb.kv_len.max())  # host tensors: no sync
+        q_len, q_start, kv_len = (upload(t, None, dev) for t in (q_len_host, fb.q_start,
+                                                                  fb.kv_len))
         qi = torch.arange(q_max, device=dev)
         q_valid = qi[None, :] < q_len[:, None]  # [S, Qmax]
-        q_rows = torch.where(q_valid, fb.qo_indptr[:-1].to(dev)[:, None] + qi[None, :], 0)
+        first = upload(fb.qo_indptr[:-1], None, dev)  # [S]
+        q_rows = torch.where(q_valid, first[:, None] + qi[None, :], 0)
         kpos = torch.arange(k_max, device=dev)  # [Kmax]
         page = fb.page_table.gather(1, (kpos // fb.page_size).clamp(max=fb.page_table.shape[1] - 1)
                                     .expand(fb.num_segments, -1))
@@ -105,7 +106,7 @@ class PagedBlockAttention:
     their slots, then every block over its own keys [0, its end) through the paged kernel of
     the "attention" registry (Triton on CUDA: no host reads, so CUDA graphs capture it; the
     torch reference elsewhere). The graph runner builds the same `BlockMeta` in static
-    buffers, so eager and graphed steps run one kernel and give the same tokens."""
+    buffers: eager and graphed steps run one kernel."""
 
     name = "paged"
 

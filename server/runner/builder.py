@@ -10,6 +10,7 @@ import logging
 import torch
 
 from server.config import EngineConfig
+from server.kv_cache.sizing import check_room
 from server.kv_cache.tensors import KVCache
 from server.model.loader import load_model
 from server.model.parallel import SINGLE, TPGroup, local_kv_heads
@@ -17,6 +18,7 @@ from server.runner.attention import create_backend
 from server.runner.memory import profile_memory
 from server.runner.model_runner import ModelRunner, Publish, Runner
 from server.startup import StartupPlan, kv_pages
+from unmask_kernels.moe.grouped import grouped_mm_capturable
 from unmask_kernels.registry import resolve
 
 log = logging.getLogger(__name__)
@@ -34,12 +36,8 @@ def build_runner(cfg: EngineConfig, plan: StartupPlan, tp: TPGroup = SINGLE,
     moe, experts = resolve("moe", cfg.moe_backend, device.type)
     model = load_model(plan.model_dir, mcfg, plan.dtype, device, plan.max_model_len, tp, experts,
                        cfg.load_format)
-    # graphs capture the paged query-block kernel, the one their eager steps run too
-    graphs = (device.type == "cuda" and not cfg.enforce_eager and tp.size == 1
-              and attention.name == "paged")
-    if device.type == "cuda" and not cfg.enforce_eager and not graphs:
-        log.warning("CUDA graphs off: they need tensor parallel size 1 and the 'paged' "
-                    "attention backend (got %d, %r)", tp.size, attention.name)
+    graphs = device.type == "cuda" and not cfg.enforce_eager and _graphable(
+        moe, attention.name, tp.size, plan, device)
     never = plan.specials.mask_id if plan.block_size is not None else None
 
     def runner_over(kv: KVCache) -> ModelRunner:
@@ -47,26 +45,51 @@ def build_runner(cfg: EngineConfig, plan: StartupPlan, tp: TPGroup = SINGLE,
 
     def kv_of(pages: int) -> KVCache:
         return KVCache(mcfg.num_hidden_layers, pages, plan.page_size,
-                       local_kv_heads(mcfg, tp.size), mcfg.head_dim, plan.dtype, device)
+                       local_kv_heads(mcfg, tp.size), mcfg.head_dim, plan.dtype, device,
+                       scratch=graphs)
 
     profile = None
+    sched = cfg.scheduler
     if device.type == "cuda" and cfg.cache.num_pages is None and cfg.cache.kv_cache_memory is None:
-        sched = cfg.scheduler
-        profile = profile_memory(runner_over(kv_of(1)), sched.max_num_batched_tokens,
-                                 sched.max_running_requests, plan.attn_block,
-                                 plan.max_model_len, graphs)
+        tokens = sched.max_num_batched_tokens // plan.attn_block * plan.attn_block
+        profile = profile_memory(runner_over(kv_of(1)), tokens, sched.max_running_requests,
+                                 plan.attn_block, plan.max_model_len, graphs)
     pages = tp.agree_min(kv_pages(cfg, mcfg, tp.size, plan.page_size, plan.dtype, device,
-                                  profile, plan.max_model_len))
+                                  profile))
+    if profile is not None:  # every rank holds the same agreed count: all refuse, or none
+        check_room(pages, profile, cfg.cache.gpu_memory_utilization, KVCache.bytes_per_page(
+            mcfg.num_hidden_layers, plan.page_size, local_kv_heads(mcfg, tp.size),
+            mcfg.head_dim, plan.dtype), plan.page_size, plan.max_model_len)
     inner = runner_over(kv_of(pages))
     runner: Runner = inner
     if graphs:
         from server.runner.cuda_graphs import AR_MAX_GRAPH_ROWS, GraphedRunner
 
-        tokens = cfg.scheduler.max_num_batched_tokens
+        tokens = sched.max_num_batched_tokens
         max_blocks = (tokens // plan.attn_block if plan.block_size is not None
                       else min(tokens, AR_MAX_GRAPH_ROWS))
-        runner = GraphedRunner(inner, max_blocks, plan.max_model_len)
+        graphed = GraphedRunner(inner, max_blocks, plan.max_model_len)
+        graphed.capture_all()
+        runner = graphed
     log.info("rank %d/%d runner: %d KV pages of %d, moe %s, attention %s, CUDA graphs %s",
              tp.rank, tp.size, pages, plan.page_size, moe, attention.name,
              "on" if graphs else "off")
     return runner
+
+
+def _graphable(moe: str, attention: str, tp_size: int, plan: StartupPlan,
+               device: torch.device) -> bool:
+    """CUDA graphs capture the paged query-block kernel (the one eager steps run too) and
+    routed experts without host reads: Triton's, or `torch._grouped_mm`'s where it has its
+    kernel (the torch loop reads expert counts back). Logged when they cannot be on."""
+    m = plan.mcfg
+    why = ("tensor parallel size > 1" if tp_size > 1 else
+           f"attention backend {attention!r} (graphs need 'paged')" if attention != "paged" else
+           None)
+    if why is None and moe != "triton" and not grouped_mm_capturable(
+            plan.dtype, device, m.hidden_size, m.moe_intermediate_size):
+        why = (f"moe backend {moe!r} runs the per-expert loop here (torch._grouped_mm has "
+               "its kernel for bf16 on sm90/sm100 only); use --moe-backend triton")
+    if why is not None:
+        log.warning("CUDA graphs off: %s", why)
+    return why is None

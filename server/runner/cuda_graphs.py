@@ -4,21 +4,25 @@ A step is N query blocks (`server/runner/step_layout.py`): whatever its segments
 fixed shape once N is padded to a bucket N' — ids/positions/slots [N'·Bq], per-block page-table
 rows [N', max_pages] — and block i's rows attend key positions [0, position of its first row +
 Bq): block-causal attention needs nothing else. One graph per bucket captures the decoder
-layers (embedding to pre-norm hidden states) into one output buffer that all buckets share;
-the head (the rows that want logits, final norm, lm_head) runs after the replay, so logits are
-computed for the rows that need them only, in the model dtype. Pad blocks repeat block 0 (same
-ids, positions, slots and page row): their K/V writes duplicate block 0's exactly and their
-rows are never read. More blocks than the largest bucket run eagerly.
+layers (embedding to pre-norm hidden states); every bucket reads slices of one set of static
+input buffers and writes one shared output buffer. The head (the rows that want logits, final
+norm, lm_head) runs after the replay, so logits are computed for the rows that need them only,
+in the model dtype. Pad blocks are Bq rows at positions 0..Bq-1 of the KV cache's scratch page,
+which no sequence owns: their writes touch nothing real and their rows are never read. More
+blocks than the largest bucket run eagerly.
 
-Attention is the engine's `PagedBlockAttention` (Triton on CUDA: no host reads, no key
-padding), the same kernel eager steps run, so a step's tokens do not depend on whether it was
-graphed. A bucket whose capture fails runs eagerly from then on (logged); the other buckets
-keep their graphs."""
+Graphs are captured at start-up, largest bucket first (the shared memory pool is sized by the
+first), with pad-only inputs, after the KV pool exists; a bucket whose capture fails is logged
+and runs eagerly, the others keep their graphs. Attention is the engine's `PagedBlockAttention`
+(Triton on CUDA: no host reads, no key padding), the kernel eager steps run too. On a GPU,
+graphed and eager steps agree up to floating-point reduction order (GEMM and attention kernels
+choose their tilings by batch size); on CPU the static computation is checked token for token
+(`tests/unit/test_step_layout.py`)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
 from typing import Any
 
 import torch
@@ -40,15 +44,6 @@ log = logging.getLogger(__name__)
 AR_MAX_GRAPH_ROWS = 512  # autoregressive steps beyond this many rows are prefill: eager
 
 
-@dataclass
-class _Graph:
-    graph: torch.cuda.CUDAGraph | None  # None: the static computation run eagerly (CPU)
-    ids: torch.Tensor  # [N'·Bq] long
-    positions: torch.Tensor  # [N'·Bq] long
-    slots: torch.Tensor  # [N'·Bq] long
-    table: torch.Tensor  # [N', max_pages] long
-
-
 class GraphedRunner:
     """`max_blocks`: the largest bucket (the step's token budget in query blocks). `capture`
     False runs the static computation without a graph (the CPU check of the layout)."""
@@ -58,27 +53,36 @@ class GraphedRunner:
     def __init__(self, inner: ModelRunner, max_blocks: int, max_model_len: int,
                  capture: bool = True) -> None:
         assert isinstance(inner.backend, PagedBlockAttention)  # the graph-safe kernel
+        scratch = inner.kv.scratch_page  # pad blocks' page
+        assert scratch is not None and inner.attn_block <= inner.kv.page_size
+        self.scratch: int = scratch
         self.inner = inner
         self.model, self.kv = inner.model, inner.kv
         self.backend: AttentionBackend = inner.backend
         self.attn_block, self.device = inner.attn_block, inner.device
         self.buckets = graph_buckets(max_blocks)
-        self.max_pages = -(-max_model_len // self.kv.page_size)
         self.capture = capture
-        self.graphs: dict[int, _Graph] = {}
+        self.graphs: dict[int, torch.cuda.CUDAGraph | None] = {}  # None: no graph (CPU)
         self.failed: set[int] = set()  # buckets whose capture failed: eager
         self.pool: Any = None  # the graphs' shared memory pool
-        hidden = inner.model.cfg.hidden_size
-        dtype = inner.kv.k.dtype
-        # [max_blocks·Bq, H]: every bucket's output (pre-norm hidden states)
-        self.out = torch.empty(max_blocks * self.attn_block, hidden, dtype=dtype,
-                               device=self.device)
-        self._width = self.max_pages  # page-table columns attention reads (CPU: this step's)
+        Bq, ps, dev = self.attn_block, self.kv.page_size, self.device
+        T, max_pages = max_blocks * Bq, -(-max_model_len // ps)
+        # the static inputs every bucket reads a prefix of, and the pad blocks' constant rows
+        pad_pos = torch.arange(Bq, device=dev).repeat(max_blocks)  # [T]
+        self.pad = (torch.zeros(T, dtype=torch.long, device=dev), pad_pos,
+                    self.scratch * ps + pad_pos)  # ids, positions, slots
+        self.ids, self.positions, self.slots = (t.clone() for t in self.pad)  # [T] each
+        self.table = torch.zeros(max_blocks, max_pages, dtype=torch.int32, device=dev)
+        self.table[:, 0] = self.scratch  # [N', max_pages]; pad rows stay so
+        self.out = torch.empty(T, inner.model.cfg.hidden_size, dtype=self.kv.k.dtype,
+                               device=dev)  # [T, H]: every bucket's hidden states
+        self._width = max_pages  # page-table columns attention reads (CPU: this step's)
         self.replays = 0  # steps served by a bucket's graph (or its static computation)
         self.eager_steps = 0
         self.rows_forwarded = 0  # rows of graphed steps, padding included
         self.rows_padding = 0
 
+    # -- serving ----------------------------------------------------------------------------
     def forward(self, batch: Batch, greedy: bool = False) -> Logits:
         n = query_blocks(batch, self.attn_block)
         bucket = graph_bucket(n, self.buckets)
@@ -86,81 +90,100 @@ class GraphedRunner:
             self.eager_steps += 1
             return self.inner.forward(batch, greedy)
         fb = build_forward_batch(batch, self.kv.page_size, self.attn_block, self.device)
-        g = self.graphs.get(bucket)
-        if g is None:
-            try:
-                g = self.graphs[bucket] = self._capture(bucket, fb)
-            except Exception:  # noqa: BLE001 - this bucket runs eagerly from now on
-                log.exception("CUDA graph capture failed for %d query blocks; that bucket "
-                              "runs eagerly", bucket)
-                self.failed.add(bucket)
-                self.eager_steps += 1
-                return self.inner.run(fb)
+        self._fill(fb, bucket)
+        graph = self.graphs.get(bucket)
+        if bucket not in self.graphs:  # CPU, or not captured at start-up: answers the step
+            self._capture(bucket)
+        elif graph is not None:
+            graph.replay()
         else:
-            self._fill(g, fb)
-            if g.graph is None:
-                self._static_forward(g)
-            else:
-                g.graph.replay()
+            self._static_forward(bucket)
+        if bucket in self.failed:
+            self.eager_steps += 1
+            return self.inner.run(fb)
         self.replays += 1
         self.rows_forwarded += bucket * self.attn_block
         self.rows_padding += (bucket - n) * self.attn_block
         rows = self.out[: fb.num_tokens][fb.logits_indices]  # [R, H]
         return self.inner.head(rows, greedy)
 
-    def _fill(self, g: _Graph, fb: ForwardBatch) -> None:
-        """The step's inputs into the bucket's buffers; pads repeat block 0."""
-        T, Bq = fb.num_tokens, self.attn_block
-        for dst, src in ((g.ids, fb.input_ids), (g.positions, fb.positions),
-                         (g.slots, fb.slot_mapping)):
-            dst[:T].copy_(src)
-            dst[T:].view(-1, Bq).copy_(src[:Bq].expand(dst.shape[0] // Bq - T // Bq, Bq))
-        per_seg = ((fb.qo_indptr[1:] - fb.qo_indptr[:-1]) // Bq)  # [S] cpu: blocks each
-        seg_of = upload(torch.repeat_interleave(torch.arange(fb.num_segments), per_seg), None,
-                        self.device)  # [N]
-        w = fb.page_table.shape[1]
-        if not self.capture:  # no graph: the torch reference need not scan max_model_len
-            self._width = w
-        g.table.zero_()
-        g.table[: seg_of.shape[0], :w] = fb.page_table[seg_of]
-        g.table[seg_of.shape[0]:] = g.table[0]
+    def _fill(self, fb: ForwardBatch | None, bucket: int) -> None:
+        """The step's inputs into the first `bucket` blocks of the static buffers; the rest of
+        the bucket are pad blocks. `fb` None: pad blocks only (capture at start-up)."""
+        Bq, end = self.attn_block, bucket * self.attn_block
+        T = fb.num_tokens if fb is not None else 0
+        n = T // Bq
+        for dst, pad, src in zip((self.ids, self.positions, self.slots), self.pad,
+                                 (None, None, None) if fb is None else
+                                 (fb.input_ids, fb.positions, fb.slot_mapping), strict=True):
+            if src is not None:
+                dst[:T].copy_(src)
+            dst[T:end].copy_(pad[T:end])
+        if fb is not None:
+            per_seg = (fb.qo_indptr[1:] - fb.qo_indptr[:-1]) // Bq  # [S] cpu: blocks each
+            seg_of = upload(torch.repeat_interleave(torch.arange(fb.num_segments), per_seg),
+                            None, self.device)  # [N]
+            w = fb.page_table.shape[1]
+            self.table[:n].zero_()
+            self.table[:n, :w] = fb.page_table[seg_of]
+            if not self.capture:  # no graph: the torch reference need not scan max_model_len
+                self._width = w
+        self.table[n:bucket].zero_()
+        self.table[n:bucket, 0] = self.scratch
 
-    def _static_forward(self, g: _Graph) -> None:
-        """The captured computation: reads only g's buffers, writes `self.out`; no host reads,
-        fixed shapes."""
-        N, Bq = g.table.shape[0], self.attn_block
-        T = N * Bq
-        kv_len = g.positions.view(N, Bq)[:, 0] + Bq  # [N']: block-causal key range
-        fb = ForwardBatch(g.ids, g.positions, g.slots, torch.arange(0, T + 1, Bq),
-                          torch.zeros(N, dtype=torch.long), torch.full((N,), Bq), g.table,
-                          torch.arange(T, device=self.device), Bq, self.kv.page_size)
-        meta = BlockMeta(g.table[:, : self._width], kv_len)
+    def _static_forward(self, bucket: int) -> None:
+        """The captured computation: reads only the static buffers' first `bucket` blocks and
+        writes `self.out`; no host reads, fixed shapes."""
+        Bq = self.attn_block
+        T = bucket * Bq
+        ids, positions, slots = self.ids[:T], self.positions[:T], self.slots[:T]
+        kv_len = positions.view(bucket, Bq)[:, 0] + Bq  # [N']: block-causal key range
+        fb = ForwardBatch(ids, positions, slots, torch.arange(0, T + 1, Bq),
+                          torch.zeros(bucket, dtype=torch.long), torch.full((bucket,), Bq),
+                          self.table[:bucket], torch.arange(T, device=self.device), Bq,
+                          self.kv.page_size)
+        meta = BlockMeta(self.table[:bucket, : self._width], kv_len)
         ctx = AttentionContext(self.backend, self.kv, fb, meta)
-        self.out[:T].copy_(self.model(g.ids, g.positions, ctx))
+        self.out[:T].copy_(self.model(ids, positions, ctx))
 
-    def _capture(self, bucket: int, first: ForwardBatch) -> _Graph:
-        """Warm-up runs use `first` (the step being served): they write exactly the K/V that
-        step writes, so capturing mid-serving never touches another sequence's pages. The
-        warm-up leaves the step's answer in `self.out`, which the capture then recomputes
-        identically."""
-        T, dev = bucket * self.attn_block, self.device
-        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.long, device=dev)  # noqa: E731
-        g = _Graph(None, zeros(T), zeros(T), zeros(T), zeros(bucket, self.max_pages))
-        self._fill(g, first)
+    # -- capture ----------------------------------------------------------------------------
+    def capture_all(self) -> None:
+        """Every bucket, largest first, with pad-only inputs (they write the scratch page)."""
+        t0, before = time.perf_counter(), torch.cuda.memory_reserved(self.device)
+        for bucket in reversed(self.buckets):
+            self._fill(None, bucket)
+            self._capture(bucket)
+        log.info("captured %d CUDA graphs (%d failed) of 1..%d query blocks of %d rows in "
+                 "%.1fs; memory reserved +%.2f GiB", len(self.graphs) - len(self.failed),
+                 len(self.failed), self.buckets[-1], self.attn_block,
+                 time.perf_counter() - t0,
+                 (torch.cuda.memory_reserved(self.device) - before) / (1 << 30))
+
+    def _capture(self, bucket: int) -> None:
+        """Capture `bucket` over the inputs already in the static buffers (warm-up runs write
+        only the K/V those inputs write); leaves their answer in `self.out`, unless the capture
+        failed (the bucket is then in `failed`). Without `capture`: the static computation."""
         if not self.capture:
-            self._static_forward(g)
-            return g
-        stream = torch.cuda.Stream(dev)
-        stream.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(2):  # allocator, Triton JIT, cuBLAS handles
-                self._static_forward(g)
-        torch.cuda.current_stream(dev).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
-            self._static_forward(g)
+            self.graphs[bucket] = None
+            self._static_forward(bucket)
+            return
+        dev = self.device
+        try:
+            stream = torch.cuda.Stream(dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(stream), torch.inference_mode():
+                for _ in range(2):  # allocator, Triton JIT, cuBLAS handles
+                    self._static_forward(bucket)
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+                self._static_forward(bucket)
+        except Exception:  # noqa: BLE001 - this bucket runs eagerly from now on
+            log.exception("CUDA graph capture failed for %d query blocks; that bucket runs "
+                          "eagerly", bucket)
+            self.failed.add(bucket)
+            self.graphs[bucket] = None
+            return
         self.pool = graph.pool()
-        g.graph = graph
-        graph.replay()  # the step being served
-        log.info("captured CUDA graph: %d query blocks of %d rows", bucket, self.attn_block)
-        return g
+        self.graphs[bucket] = graph
+        graph.replay()

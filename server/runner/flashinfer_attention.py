@@ -76,7 +76,7 @@ class FlashInferAttention:
             wrapper.plan(num_qo_heads=nh, num_kv_heads=nkv, head_dim_qk=hd,
                          q_data_type=q.dtype, kv_data_type=kv.k.dtype, **plan)
             meta.wrapper = (wrapper, None)
-        pages = kv.num_pages
+        pages = kv.k.shape[1] // kv.page_size  # the scratch page included, if any
         cache = (kv.k[layer].view(pages, kv.page_size, nkv, hd),
                  kv.v[layer].view(pages, kv.page_size, nkv, hd))
         return wrapper.run(q.contiguous(), cache)

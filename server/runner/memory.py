@@ -1,15 +1,12 @@
 """Measuring what a GPU step needs before the KV pool exists (the pool's arithmetic is
 `server/kv_cache/sizing.py`).
 
-After the weights are loaded, a maximal step runs eagerly over a one-page scratch KV cache:
-the token budget as one prefill chunk, and every running request's block at the full context
-(whichever needs more). Its peak over the weights — activations, logits in the model dtype,
-their fp32 copy and log-softmax for rows that need them — is kept free for serving, and the
-layers' share of it again for the CUDA graphs' memory pool (the largest bucket's activations;
-graphs are captured when first used). The pool gets `gpu_memory_utilization` of the device's
-total memory minus everything in use after loading (this process's weights, the CUDA context,
-other processes) and those two reserves. Refused (ValueError) when that cannot hold one request
-of the context length."""
+After the weights are loaded, the maximal steps run eagerly over a one-page scratch KV cache:
+the token budget as one prefill chunk, and every running request's block at the full context.
+The larger peak over the weights — activations, logits in the model dtype, their fp32 copy and
+log-softmax for rows that need them — is kept free for serving, and the layers' share of it
+again for the CUDA graphs' memory pool (the largest bucket's activations; the graphs are
+captured once the pool exists, largest bucket first)."""
 
 from __future__ import annotations
 

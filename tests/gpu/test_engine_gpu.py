@@ -1,7 +1,10 @@
 """Engine on CUDA, from config-only folders with random (dummy) weights — no tokenizer or
-safetensors package needed: Triton kernels give the torch path's greedy tokens; CUDA graphs
-give the eager tokens for diffusion and AR and are actually replayed; a steady step makes one
-host sync; the memory profile refuses a pool that cannot hold one request."""
+safetensors package needed: Triton kernels give the torch path's greedy tokens; graphed steps
+give the eager steps' logits on the same batches (diffusion, editing, AR; three MoE backends)
+and are actually replayed; a steady step makes one host sync; the memory profile refuses a
+pool that cannot hold one request. (Greedy tokens of graphed vs eager runs are compared
+token for token on CPU, tests/unit/test_step_layout.py: on a GPU they agree up to
+floating-point reduction order, which random weights' near-ties can expose.)"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 from server.core import GenerateRequest, SamplingParams
 from server.engine.engine import Engine
 from server.engine.llm import engine_config
+from server.runner.cuda_graphs import GraphedRunner
 from server.tiny import make_tiny_model
 
 pytestmark = pytest.mark.gpu
@@ -48,35 +52,68 @@ def _run(eng: Engine, max_tokens: int = 64, **params: object) -> list[list[int]]
     return [out[f"r{i}"] for i in range(len(PROMPTS))]
 
 
-def test_triton_path_equals_torch_path(llada: Path) -> None:
-    ref = _run(_engine(llada, acceptance_backend="torch", moe_backend="torch",
-                       enforce_eager=True))
-    eng = _engine(llada, acceptance_backend="triton", moe_backend="triton", enforce_eager=True)
+@pytest.fixture(scope="module")
+def peaky(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Trained-like margins (a sharpened head), so kernels that differ in rounding still pick
+    the same tokens; its weights need the safetensors package."""
+    pytest.importorskip("safetensors")
+    return make_tiny_model(tmp_path_factory.mktemp("peaky"), arch="llada2", seed=1,
+                           peaky=True, tokenizer=False)
+
+
+def test_triton_path_equals_torch_path(peaky: Path) -> None:
+    opts = {"load_format": "auto", "enforce_eager": True}
+    ref = _run(_engine(peaky, acceptance_backend="torch", moe_backend="torch", **opts))
+    eng = _engine(peaky, acceptance_backend="triton", moe_backend="triton", **opts)
     assert eng.info.acceptance_backend == "triton"
     assert _run(eng) == ref
 
 
-@pytest.mark.parametrize("moe", ["triton", "torch", "grouped"])
-def test_cuda_graphs_equal_eager_diffusion(llada: Path, moe: str) -> None:
-    eager = _run(_engine(llada, moe_backend=moe, enforce_eager=True))
-    eng = _engine(llada, moe_backend=moe)
-    graphed = _run(eng)
+def _serve_comparing(eng: Engine, tol: float, **params: object) -> int:
+    """Serve PROMPTS on a graphed engine; each step with logits also runs eagerly on the same
+    batch first (same K/V written), and the logits must agree within `tol` of their scale.
+    Returns the number of graph replays."""
     runner = eng.runner
-    assert runner.uses_graphs and runner.replays > 0  # type: ignore[attr-defined]
-    assert not runner.failed  # type: ignore[attr-defined]
-    assert graphed == eager
+    assert isinstance(runner, GraphedRunner) and not runner.failed
+    for i, p in enumerate(PROMPTS):
+        eng.add_request(GenerateRequest(f"r{i}", tuple(p), SamplingParams(
+            max_tokens=64, ignore_eos=True, **params)))  # type: ignore[arg-type]
+    while eng.has_work():
+        batch = eng.scheduler.schedule()
+        committed: list[int] = []
+        if batch.segments:
+            eager = runner.inner.forward(batch) if batch.logit_segments else None
+            graphed = runner.forward(batch)
+            if eager is not None:
+                assert isinstance(eager, torch.Tensor) and isinstance(graphed, torch.Tensor)
+                scale = eager.float().abs().max().item()
+                diff = (graphed.float() - eager.float()).abs().max().item()
+                assert diff <= tol * max(scale, 1.0), (diff, scale)
+                committed = eng.mode.accept(batch.logit_segments, graphed)
+        eng.scheduler.update(batch, committed)
+    return runner.replays
 
 
-def test_cuda_graphs_equal_eager_editing(llada: Path) -> None:
-    eager = _run(_engine(llada, enforce_eager=True), editing_threshold=0.5)
-    assert _run(_engine(llada), editing_threshold=0.5) == eager
+@pytest.mark.parametrize(("moe", "dtype"), [("triton", "float32"), ("triton", "bfloat16"),
+                                            ("torch", "bfloat16"), ("grouped", "bfloat16")])
+def test_graphed_logits_match_eager_diffusion(llada: Path, moe: str, dtype: str) -> None:
+    eng = _engine(llada, moe_backend=moe, dtype=dtype)
+    assert _serve_comparing(eng, 1e-4 if dtype == "float32" else 3e-2) > 50
 
 
-def test_cuda_graphs_equal_eager_autoregressive(ling: Path) -> None:
-    eager = _run(_engine(ling, enforce_eager=True), max_tokens=24)
-    eng = _engine(ling)
-    assert _run(eng, max_tokens=24) == eager
-    assert eng.runner.replays > 0  # type: ignore[attr-defined]
+def test_graphed_logits_match_eager_editing(llada: Path) -> None:
+    assert _serve_comparing(_engine(llada, moe_backend="triton"), 1e-4,
+                            editing_threshold=0.5) > 50
+
+
+def test_graphed_logits_match_eager_autoregressive(ling: Path) -> None:
+    assert _serve_comparing(_engine(ling, moe_backend="triton"), 1e-4) > 50
+
+
+def test_torch_moe_loop_turns_graphs_off(llada: Path) -> None:
+    """fp32: torch._grouped_mm has no kernel, the torch backend is the loop (host reads)."""
+    eng = _engine(llada, moe_backend="torch")
+    assert not eng.runner.uses_graphs
 
 
 def test_steady_step_syncs_once(llada: Path) -> None:

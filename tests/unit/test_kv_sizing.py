@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.engine.llm import engine_config
-from server.kv_cache.sizing import MemoryProfile, pool_pages
+from server.kv_cache.sizing import MemoryProfile, check_room, pool_pages
 from server.startup import plan_startup
 
 GIB = 1 << 30
@@ -21,18 +21,21 @@ PROFILE = MemoryProfile(total=80 * GIB, in_use=34 * GIB, peak_step=3 * GIB,
 def test_pool_gets_what_the_profile_leaves(caplog: pytest.LogCaptureFixture) -> None:
     page = 2 * 20 * 32 * 4 * 128 * 2  # 20 layers, 32 positions, 4 KV heads, hd 128, bf16
     with caplog.at_level(logging.INFO):
-        pages = pool_pages(PROFILE, 0.9, page, 32, 16384)
+        pages = pool_pages(PROFILE, 0.9, page)
+    check_room(pages, PROFILE, 0.9, page, 32, 16384)  # room for one request: no error
     assert pages == int(80 * GIB * 0.9 - 39 * GIB) // page
     assert "profiled step peak 3.00 GiB" in caplog.text and f"KV pool {pages} pages" in caplog.text
 
 
 def test_no_room_for_one_request_is_refused() -> None:
     page = 64 * (1 << 20)
+    pages = pool_pages(PROFILE, 0.5, page)  # 80 GiB x 0.5 - 39 GiB: 1 GiB, 16 pages
+    assert pages == 16
     with pytest.raises(ValueError, match="one request of the context length 16384") as e:
-        pool_pages(PROFILE, 0.5, page, 32, 16384)  # 40 GiB x 0.5 leaves nothing
+        check_room(pages, PROFILE, 0.5, page, 32, 16384)  # needs 512 pages
     for flag in ("--gpu-memory-utilization 0.5", "--max-model-len", "peak (3.00 GiB)"):
         assert flag in str(e.value)
-    assert pool_pages(PROFILE, 0.9, page, 32, 32 * 50) >= 50
+    check_room(pages, PROFILE, 0.5, page, 32, 32 * 16)  # exactly one request fits
 
 
 @pytest.mark.parametrize("bad", [0.0, 1.5, -0.1])
@@ -40,4 +43,4 @@ def test_utilization_out_of_range_is_refused(tiny_llada2: Path, bad: float) -> N
     with pytest.raises(ValueError, match="--gpu-memory-utilization must be in"):
         plan_startup(engine_config(str(tiny_llada2), gpu_memory_utilization=bad))
     with pytest.raises(ValueError, match="--gpu-memory-utilization must be in"):
-        pool_pages(PROFILE, bad, 1 << 20, 32, 32)
+        pool_pages(PROFILE, bad, 1 << 20)

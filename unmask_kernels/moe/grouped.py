@@ -47,13 +47,20 @@ def grouped_mm_fast(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> boo
     """Whether `experts_grouped` runs `torch._grouped_mm`'s CUDA kernel (no host sync): bf16 on
     sm90/sm100, weights' inner strides 1 and outer strides multiples of 16 bytes (H and I
     multiples of 8). Host attributes only."""
-    if not (x.is_cuda and x.dtype == w13.dtype == w2.dtype == torch.bfloat16):
+    if not (x.dtype == w13.dtype == w2.dtype and grouped_mm_capturable(
+            x.dtype, x.device, x.shape[1], w2.shape[2])):
         return False
-    if not _fast_device(x.device.index or 0):
-        return False
-    H, inter = x.shape[1], w2.shape[2]
     return (w13.stride(2) == 1 and w2.stride(2) == 1 and w13.stride(1) % 8 == 0
-            and w2.stride(1) % 8 == 0 and H % 8 == 0 and inter % 8 == 0)
+            and w2.stride(1) % 8 == 0)
+
+
+def grouped_mm_capturable(dtype: torch.dtype, device: torch.device, hidden: int,
+                          inter: int) -> bool:
+    """Whether the "torch"/"grouped" experts of a model of this dtype and shape run the
+    `torch._grouped_mm` kernel on `device` (so a CUDA graph can capture them): bf16, sm90/sm100,
+    hidden and expert-intermediate sizes multiples of 8 (with contiguous stacked weights)."""
+    return (device.type == "cuda" and dtype == torch.bfloat16 and hidden % 8 == 0
+            and inter % 8 == 0 and _fast_device(device.index or 0))
 
 
 @functools.cache
