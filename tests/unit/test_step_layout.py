@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from server import LLM
 from server.core import GenerateRequest, SamplingParams
@@ -152,3 +153,20 @@ def test_device_reads_go_through_transfer() -> None:
                  if any(call in line for call in (".tolist()", ".item()", ".cpu()"))
                  or "torch.tensor(" in line and "device=" in line]  # a pageable upload syncs
     assert not offenders, offenders
+
+
+def test_pad_blocks_write_only_the_scratch_page(tiny_llada2_peaky: Path) -> None:
+    """What start-up capture runs (pad blocks only, every bucket) and a padded step's pads
+    write the scratch page and nothing else of the pool."""
+    llm = LLM(str(tiny_llada2_peaky), device="cpu", num_pages=64, attention_backend="paged")
+    runner = _graphed(llm)
+    llm.generate(["Hello there", "a"], SamplingParams(max_tokens=40, ignore_eos=True))
+    kv, ps = runner.kv, runner.kv.page_size
+    pool = slice(0, kv.num_pages * ps)
+    k, v = kv.k[:, pool].clone(), kv.v[:, pool].clone()
+    for bucket in (1, 3, runner.buckets[-1]):
+        runner._fill(None, bucket)
+        runner._static_forward(bucket)
+    assert torch.equal(kv.k[:, pool], k) and torch.equal(kv.v[:, pool], v)
+    scratch = slice(runner.scratch * ps, (runner.scratch + 1) * ps)
+    assert kv.k[:, scratch].abs().sum() > 0  # the pads did write there
