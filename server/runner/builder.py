@@ -15,6 +15,7 @@ from server.kv_cache.tensors import KVCache
 from server.model.loader import load_model
 from server.model.parallel import SINGLE, TPGroup, local_kv_heads
 from server.runner.attention import create_backend
+from server.runner.cuda_graphs import AR_MAX_GRAPH_ROWS
 from server.runner.memory import profile_memory
 from server.runner.model_runner import ModelRunner, Publish, Runner
 from server.startup import StartupPlan, kv_pages
@@ -50,10 +51,13 @@ def build_runner(cfg: EngineConfig, plan: StartupPlan, tp: TPGroup = SINGLE,
 
     profile = None
     sched = cfg.scheduler
+    tokens = sched.max_num_batched_tokens // plan.attn_block * plan.attn_block
+    max_blocks = (tokens // plan.attn_block if plan.block_size is not None
+                  else min(tokens, AR_MAX_GRAPH_ROWS))  # the largest graph bucket
     if device.type == "cuda" and cfg.cache.num_pages is None and cfg.cache.kv_cache_memory is None:
-        tokens = sched.max_num_batched_tokens // plan.attn_block * plan.attn_block
         profile = profile_memory(runner_over(kv_of(1)), tokens, sched.max_running_requests,
-                                 plan.attn_block, plan.max_model_len, graphs)
+                                 plan.attn_block, plan.max_model_len,
+                                 max_blocks * plan.attn_block if graphs else None)
     pages = tp.agree_min(kv_pages(cfg, mcfg, tp.size, plan.page_size, plan.dtype, device,
                                   profile))
     if profile is not None:  # every rank holds the same agreed count: all refuse, or none
@@ -63,13 +67,10 @@ def build_runner(cfg: EngineConfig, plan: StartupPlan, tp: TPGroup = SINGLE,
     inner = runner_over(kv_of(pages))
     runner: Runner = inner
     if graphs:
-        from server.runner.cuda_graphs import AR_MAX_GRAPH_ROWS, GraphedRunner
+        from server.runner.cuda_graphs import GraphedRunner
 
-        tokens = sched.max_num_batched_tokens
-        max_blocks = (tokens // plan.attn_block if plan.block_size is not None
-                      else min(tokens, AR_MAX_GRAPH_ROWS))
         graphed = GraphedRunner(inner, max_blocks, plan.max_model_len)
-        graphed.capture_all()
+        graphed.capture_all(profile.graph_reserve if profile is not None else None)
         runner = graphed
     log.info("rank %d/%d runner: %d KV pages of %d, moe %s, attention %s, CUDA graphs %s",
              tp.rank, tp.size, pages, plan.page_size, moe, attention.name,

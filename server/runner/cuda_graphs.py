@@ -65,6 +65,7 @@ class GraphedRunner:
         self.graphs: dict[int, torch.cuda.CUDAGraph | None] = {}  # None: no graph (CPU)
         self.failed: set[int] = set()  # buckets whose capture failed: eager
         self.pool: Any = None  # the graphs' shared memory pool
+        self._stream: Any = None  # the warm-up stream of start-up capture
         Bq, ps, dev = self.attn_block, self.kv.page_size, self.device
         T, max_pages = max_blocks * Bq, -(-max_model_len // ps)
         # the static inputs every bucket reads a prefix of, and the pad blocks' constant rows
@@ -83,6 +84,7 @@ class GraphedRunner:
         self.rows_padding = 0
 
     # -- serving ----------------------------------------------------------------------------
+    @torch.inference_mode()
     def forward(self, batch: Batch, greedy: bool = False) -> Logits:
         n = query_blocks(batch, self.attn_block)
         bucket = graph_bucket(n, self.buckets)
@@ -124,6 +126,7 @@ class GraphedRunner:
             seg_of = upload(torch.repeat_interleave(torch.arange(fb.num_segments), per_seg),
                             None, self.device)  # [N]
             w = fb.page_table.shape[1]
+            assert w <= self.table.shape[1], (w, self.table.shape)  # within max_model_len
             self.table[:n].zero_()
             self.table[:n, :w] = fb.page_table[seg_of]
             if not self.capture:  # no graph: the torch reference need not scan max_model_len
@@ -147,17 +150,25 @@ class GraphedRunner:
         self.out[:T].copy_(self.model(ids, positions, ctx))
 
     # -- capture ----------------------------------------------------------------------------
-    def capture_all(self) -> None:
-        """Every bucket, largest first, with pad-only inputs (they write the scratch page)."""
+    def capture_all(self, reserve: int | None = None) -> None:
+        """Every bucket, largest first, with pad-only inputs (they write the scratch page).
+        `reserve`: the bytes the memory profile kept for them (a warning if they took more)."""
         t0, before = time.perf_counter(), torch.cuda.memory_reserved(self.device)
+        self._stream = torch.cuda.Stream(self.device)
         for bucket in reversed(self.buckets):
             self._fill(None, bucket)
             self._capture(bucket)
+        took = torch.cuda.memory_reserved(self.device) - before
+        gib = 1 << 30
         log.info("captured %d CUDA graphs (%d failed) of 1..%d query blocks of %d rows in "
-                 "%.1fs; memory reserved +%.2f GiB", len(self.graphs) - len(self.failed),
-                 len(self.failed), self.buckets[-1], self.attn_block,
-                 time.perf_counter() - t0,
-                 (torch.cuda.memory_reserved(self.device) - before) / (1 << 30))
+                 "%.1fs; memory reserved +%.2f GiB (profile's reserve %s)",
+                 len(self.graphs) - len(self.failed), len(self.failed), self.buckets[-1],
+                 self.attn_block, time.perf_counter() - t0, took / gib,
+                 "-" if reserve is None else f"{reserve / gib:.2f} GiB")
+        if reserve is not None and took > reserve * 1.25 + (256 << 20):  # segment rounding
+            log.warning("the CUDA graphs took %.2f GiB, more than the %.2f GiB the memory "
+                        "profile kept for them: lower --gpu-memory-utilization if steps run "
+                        "out of memory", took / gib, reserve / gib)
 
     def _capture(self, bucket: int) -> None:
         """Capture `bucket` over the inputs already in the static buffers (warm-up runs write
@@ -169,7 +180,7 @@ class GraphedRunner:
             return
         dev = self.device
         try:
-            stream = torch.cuda.Stream(dev)
+            stream = self._stream or torch.cuda.Stream(dev)
             stream.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(stream), torch.inference_mode():
                 for _ in range(2):  # allocator, Triton JIT, cuBLAS handles

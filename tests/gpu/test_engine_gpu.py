@@ -79,19 +79,25 @@ def _serve_comparing(eng: Engine, tol: float, **params: object) -> int:
         eng.add_request(GenerateRequest(f"r{i}", tuple(p), SamplingParams(
             max_tokens=64, ignore_eos=True, **params)))  # type: ignore[arg-type]
     while eng.has_work():
-        batch = eng.scheduler.schedule()
-        committed: list[int] = []
-        if batch.segments:
-            eager = runner.inner.forward(batch) if batch.logit_segments else None
-            graphed = runner.forward(batch)
-            if eager is not None:
-                assert isinstance(eager, torch.Tensor) and isinstance(graphed, torch.Tensor)
-                scale = eager.float().abs().max().item()
-                diff = (graphed.float() - eager.float()).abs().max().item()
-                assert diff <= tol * max(scale, 1.0), (diff, scale)
-                committed = eng.mode.accept(batch.logit_segments, graphed)
-        eng.scheduler.update(batch, committed)
+        with torch.inference_mode():  # as Engine.step
+            _compare_step(eng, runner, tol)
     return runner.replays
+
+
+def _compare_step(eng: Engine, runner: GraphedRunner, tol: float) -> None:
+    """One step as `Engine.step` runs it, plus the eager forward of the same batch first."""
+    batch = eng.scheduler.schedule()
+    committed: list[int] = []
+    if batch.segments:
+        eager = runner.inner.forward(batch) if batch.logit_segments else None
+        graphed = runner.forward(batch)
+        if eager is not None:
+            assert isinstance(eager, torch.Tensor) and isinstance(graphed, torch.Tensor)
+            scale = eager.float().abs().max().item()
+            diff = (graphed.float() - eager.float()).abs().max().item()
+            assert diff <= tol * max(scale, 1.0), (diff, scale)
+            committed = eng.mode.accept(batch.logit_segments, graphed)
+    eng.scheduler.update(batch, committed)
 
 
 @pytest.mark.parametrize(("moe", "dtype"), [("triton", "float32"), ("triton", "bfloat16"),

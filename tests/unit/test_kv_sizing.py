@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from server.engine.llm import engine_config
 from server.kv_cache.sizing import MemoryProfile, check_room, pool_pages
@@ -44,3 +45,31 @@ def test_utilization_out_of_range_is_refused(tiny_llada2: Path, bad: float) -> N
         plan_startup(engine_config(str(tiny_llada2), gpu_memory_utilization=bad))
     with pytest.raises(ValueError, match="--gpu-memory-utilization must be in"):
         pool_pages(PROFILE, bad, 1 << 20)
+
+
+@pytest.mark.parametrize("attention", ["torch", "paged"])
+@pytest.mark.parametrize("arch", ["tiny_llada2", "tiny_ling2"])
+def test_profile_steps_run_over_a_one_page_cache(arch: str, attention: str,
+                                                 request: pytest.FixtureRequest) -> None:
+    """The maximal steps the GPU memory profile runs (token budget beyond the context, every
+    running request at the full context) are valid forwards over a one-page scratch cache."""
+    from server import LLM
+    from server.kv_cache.tensors import KVCache
+    from server.runner.memory import _prefill, _step
+    from server.runner.model_runner import ModelRunner
+
+    llm = LLM(str(request.getfixturevalue(arch)), device="cpu", num_pages=8,
+              attention_backend=attention, max_model_len=256)
+    eager = llm.engine.runner
+    assert isinstance(eager, ModelRunner)
+    kv = eager.kv
+    scratch = ModelRunner(eager.model, KVCache(kv.k.shape[0], 1, kv.page_size, kv.k.shape[2],
+                                               kv.k.shape[3], kv.k.dtype, kv.k.device),
+                          eager.backend, eager.attn_block, eager.device, never=eager.never)
+    Bq, V = eager.attn_block, llm.engine.vocab_size
+    budget = 640 // Bq * Bq  # more than the 256-position context: chunks of 256
+    for fb, rows in ((_prefill(budget, 256, Bq, 96, scratch), 96),
+                     (_step([Bq] * 3, [256] * 3, 3 * Bq, scratch), 3 * Bq)):
+        assert int(fb.positions.max()) < 256
+        logits = scratch.run(fb)
+        assert isinstance(logits, torch.Tensor) and logits.shape == (rows, V)
