@@ -65,7 +65,7 @@ if str(ROOT) not in sys.path:  # run as a script from the source tree
 DATASHEET = {"H200": {"hbm_TBps": 4.8, "bf16_dense_TFLOPs": 989.0}}
 TARGETS = {"step_fraction_of_roofline": 0.6, "acceptance_fraction_of_copy_bw": 0.8}
 SECTIONS = ("env", "peaks", "kernels", "graphs_vs_eager", "diffusion", "diffusion_eager", "ar",
-            "pytest", "install")
+            "profiles", "pytest", "install")
 ORDINARY_IDS = 700  # prompt ids below the tiny tokenizer's special ids (776..): no mask or EOS
 PROFILE_FILE = "profiles.txt"
 TOP_KERNELS = 25
@@ -224,7 +224,8 @@ SDPA_OPS = {"_scaled_dot_product_flash_attention_for_cpu": "cpu flash",
             "_scaled_dot_product_efficient_attention": "mem_efficient",
             "_scaled_dot_product_cudnn_attention": "cudnn",
             "_scaled_dot_product_attention_math": "math"}
-ATTENTION_KERNELS = (("flashinfer", ("flashinfer", "batchprefill", "batchdecode")),
+ATTENTION_KERNELS = (("paged-triton", ("_attn", "_combine")),
+                     ("flashinfer", ("flashinfer", "batchprefill", "batchdecode")),
                      ("flash", ("flash_fwd", "pytorch_flash")),
                      ("mem_efficient", ("fmha_cutlass", "efficient_attention", "mem_eff")),
                      ("cudnn", ("cudnn_generated_fort_native_sdpa", "cudnn_sdpa", "cudnn_fmha")))
@@ -303,6 +304,7 @@ class Check:
         for s in SECTIONS:
             self.result[s] = {"status": "pending"}
         self.profile_text: list[str] = []
+        self.build_s: dict[str, float] = {}  # engine build seconds by "arch-graphs|eager"
         self.tmp = tempfile.TemporaryDirectory(prefix="gpu_check_")
         self.engines: dict[str, Any] = {}
         self.peak: dict[str, float] = {}
@@ -385,7 +387,7 @@ class Check:
         cmax = max(p.concurrency)
         pages: int | None = cmax * -(-(p.prompt_len + 256) // 32) + 64
         memory: dict[str, Any] = {}
-        if p.device == "cuda" and not eager:  # the graphed engine sizes its pool from the
+        if p.device == "cuda" and not eager and arch == "llada2":  # sizes its pool from the
             pages, memory = None, {"gpu_memory_utilization": 0.6}  # memory profile (logged)
         t = time.monotonic()
         e = Engine(engine_config(
@@ -393,6 +395,7 @@ class Check:
             dtype="bfloat16" if p.device == "cuda" else "float32", enforce_eager=eager,
             max_model_len=p.max_model_len, num_pages=pages, max_running_requests=cmax,
             max_num_batched_tokens=max(8192, 2 * 32 * cmax), seed=0, **memory))
+        self.build_s[f"{arch}-{'eager' if eager else 'graphs'}"] = time.monotonic() - t
         self.log(f"engine {arch} eager={eager} built in {time.monotonic() - t:.1f} s; "
                  f"uses_graphs={getattr(e.runner, 'uses_graphs', None)}")
         return e
@@ -687,25 +690,60 @@ class Check:
                  f"/{len(times)}; syncs {res['host_syncs_per_step']}")
         return res
 
+    def write_partial(self, key: str, runs: list[dict[str, Any]] | None) -> None:
+        """The concurrencies done so far, so a kill mid-section keeps them (None: the
+        section is complete, its result replaces them)."""
+        partial = self.result.setdefault("partial", {})
+        if runs is None:
+            partial.pop(key, None)
+        else:
+            partial[key] = runs
+        if not partial:
+            del self.result["partial"]
+        self.write()
+
+    def profiles(self) -> dict[str, Any]:
+        """Profiler tables of the graphed diffusion engine at the lowest and highest
+        concurrency, last of all (the profiler starting after graphs were captured is a known
+        hazard: whatever it does, every other figure is written already)."""
+        p = self.plan
+        e = self.engines.get("llada2-graphs") or self.engine("llada2", False)
+        self.engines["llada2-graphs"] = e
+        runs = []
+        for c in sorted({min(p.concurrency), max(p.concurrency)}):
+            self._start(e, c, "profile")
+            rows, text, attn, wall = profile_steps(e, p.device, 3)
+            busy = sum(r["total_us"] for r in rows) / 1e6 / wall if p.device == "cuda" else None
+            runs.append({"concurrency": c, "profile": {
+                "top": [_short(r) for r in rows[:TOP_KERNELS]], "attention": attn,
+                "wall_ms_per_step": wall / 3 * 1e3, "gpu_busy_fraction": busy,
+                "no_cuda_events": p.device == "cuda" and not rows}})
+            what = "CUDA kernels" if p.device == "cuda" else "CPU ops"
+            self.profile_text.append(f"==== diffusion c={c} ({what}, 3 steps) ====\n{text}")
+            self._abort_all(e)
+            self.write_partial("profiles", runs)
+        self.write_partial("profiles", None)
+        return {"runs": runs}
+
     def sweep(self, key: str, arch: str, eager: bool, mode: str, concs: list[int],
               per_c_s: float) -> dict[str, Any]:
         e = self.engines.get(key) or self.engine(arch, eager)
         self.engines[key] = e
         runs, skipped = [], []
-        lo, hi = min(concs), max(concs)
         for c in concs:
             if self.left() < per_c_s:
                 skipped.append(c)
                 continue
             try:
-                runs.append(self.time_concurrency(e, c, mode, key, profile=not eager
-                                                  and c in (lo, hi) and mode == "diffusion"))
+                runs.append(self.time_concurrency(e, c, mode, key, profile=False))
             except Exception as ex:  # noqa: BLE001 - one concurrency failing: the rest run
                 print(traceback.format_exc(), flush=True)
                 runs.append({"mode": mode, "concurrency": c, "error":
                              f"{type(ex).__name__}: {ex}"[:400]})
                 self._abort_all(e)
                 self._free_memory()
+            self.write_partial(key, runs)
+        self.write_partial(key, None)
         res: dict[str, Any] = {"engine": _info(e), "uses_graphs": bool(
             getattr(e.runner, "uses_graphs", False)), "runs": runs,
             "graph_counters": _graph_counters(e.runner)}
@@ -727,14 +765,17 @@ class Check:
         self.section("diffusion", lambda: self.sweep(
             "llada2-graphs", "llada2", False, "diffusion", p.concurrency, 15 if gpu else 1),
             30 if gpu else 2)
-        self.drop("llada2-graphs")
         self.section("diffusion_eager", lambda: self.sweep(
             "llada2-eager", "llada2", True, "diffusion (eager)", p.eager_concurrency,
             15 if gpu else 1), 30 if gpu else 2)
         self.drop("llada2-eager")
+        # a new graphed engine: its start-up (captures, Triton builds) like the first one's
+        need_ar = 1.2 * self.build_s.get("llada2-graphs", 60.0) + 30 if gpu else 2
         self.section("ar", lambda: self.sweep("ling2", "ling2", False, "ar", p.concurrency,
-                                              10 if gpu else 1), 30 if gpu else 2)
+                                              10 if gpu else 1), need_ar)
         self.drop("ling2")
+        self.section("profiles", self.profiles, 20 if gpu else 2)
+        self.drop("llada2-graphs")
         for s in ("pytest", "install"):
             if self.result[s]["status"] == "pending":
                 self.result[s] = {"status": "pending", "reason": "gpu_check.sh fills this in "
@@ -747,7 +788,11 @@ class Check:
     def _notes(self) -> list[str]:
         notes = ["random (dummy) weights commit about 1 token per step at threshold 0.95: "
                  "tokens_per_forward is not a trained model's figure; no --simulate-tpf run "
-                 "here, so no figure is simulated"]
+                 "here, so no figure is simulated",
+                 "graphed vs eager tokens: the Triton MoE (atomic adds) and the grouped path "
+                 "(index_add_) sum in a nondeterministic order, and GEMM/attention tilings "
+                 "follow the batch size, so with random weights a near-tie token can differ "
+                 "even between two eager runs: the logits comparison is the check"]
         if self.plan.device == "cpu":
             notes.append("CPU check: the GPU-only measurements (CUDA graphs, host syncs, "
                          "kernel tables, datasheet ratios) are skipped or stand in for the "
@@ -854,8 +899,12 @@ def git_commit() -> str:
 
 # -- summary -------------------------------------------------------------------------------------
 def write_summary(out: Path, result: dict[str, Any]) -> None:
-    (out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "summary.md").write_text(render_md(result))
+    """Each file replaced whole (a kill mid-write leaves the previous version)."""
+    for name, text in (("summary.json", json.dumps(result, indent=2, default=str) + "\n"),
+                       ("summary.md", render_md(result))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
 
 
 def _f(x: Any, fmt: str = ".2f") -> str:
@@ -936,9 +985,14 @@ def render_md(r: dict[str, Any]) -> str:
             L.append(f"- note: {gv['note']}")
     for key, title in (("diffusion", "Diffusion step"), ("diffusion_eager",
                                                          "Diffusion step, enforce_eager"),
-                       ("ar", "AR decode step (Ling-2.0 twin)")):
+                       ("ar", "AR decode step (Ling-2.0 twin)"),
+                       ("profiles", "Profiles of the graphed diffusion step")):
         sec = r.get(key, {})
         if sec.get("status") != "ok":
+            continue
+        if key == "profiles":
+            L += ["", f"## {title}"]
+            _render_profiles(L, sec["runs"])
             continue
         eng = sec.get("engine", {})
         L += ["", f"## {title} (uses_graphs {sec.get('uses_graphs')}, attention "
@@ -962,27 +1016,35 @@ def render_md(r: dict[str, Any]) -> str:
             L.append(f"\ngraph runner counters after the sweep: {sec['graph_counters']}")
         if sec.get("skipped_concurrency"):
             L.append(f"\nskipped (time budget): c = {sec['skipped_concurrency']}")
-        for x in sec["runs"]:
-            pr = x.get("profile")
-            if not pr:
-                continue
-            at = pr["attention"]
-            what = "CUDA kernels" if pr.get("gpu_busy_fraction") is not None else "CPU ops"
-            L += ["", f"### Profile c={x['concurrency']}: top {TOP_KERNELS} {what} (3 steps; "
-                  f"{_f(pr['wall_ms_per_step'])} ms/step wall, GPU busy "
-                  f"{_f(pr['gpu_busy_fraction'], '.0%')})", "",
-                  f"attention evidence: {', '.join(at['kinds'])}; SDPA ops "
-                  f"{at['sdpa_ops'] or '-'}", "",
-                  "| # | kernel | calls | total us | avg us | share |", "|---|---|---|---|---|---|"]
-            L += [f"| {i} | `{k['name']}` | {k['calls']} | {_f(k['total_us'], '.0f')} | "
-                  f"{_f(k['avg_us'], '.1f')} | {_f(k['share'], '.1%')} |"
-                  for i, k in enumerate(pr["top"], 1)]
+        _render_profiles(L, sec["runs"])
     for key in ("pytest", "install"):
         sec = r.get(key, {})
         if sec.get("status") not in (None, "pending"):
             L += ["", f"## {key}", "", f"{_status(sec)}" + (f"; {sec['detail']}"
                                                            if sec.get("detail") else "")]
     return "\n".join(L) + "\n"
+
+
+def _render_profiles(L: list[str], runs: list[dict[str, Any]]) -> None:
+    for x in runs:
+        pr = x.get("profile")
+        if not pr:
+            continue
+        if pr.get("no_cuda_events"):
+            L += ["", f"### Profile c={x['concurrency']}: the profiler recorded no CUDA "
+                  "kernel (CUPTI after graph capture?)"]
+            continue
+        at = pr["attention"]
+        what = "CUDA kernels" if pr.get("gpu_busy_fraction") is not None else "CPU ops"
+        L += ["", f"### Profile c={x['concurrency']}: top {TOP_KERNELS} {what} (3 steps; "
+              f"{_f(pr['wall_ms_per_step'])} ms/step wall, GPU busy "
+              f"{_f(pr['gpu_busy_fraction'], '.0%')})", "",
+              f"attention evidence: {', '.join(at['kinds'])}; SDPA ops "
+              f"{at['sdpa_ops'] or '-'}", "",
+              "| # | kernel | calls | total us | avg us | share |", "|---|---|---|---|---|---|"]
+        L += [f"| {i} | `{k['name']}` | {k['calls']} | {_f(k['total_us'], '.0f')} | "
+              f"{_f(k['avg_us'], '.1f')} | {_f(k['share'], '.1%')} |"
+              for i, k in enumerate(pr["top"], 1)]
 
 
 def finalize(args: argparse.Namespace) -> int:

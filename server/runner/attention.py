@@ -97,7 +97,7 @@ class TorchAttention:
 
 @dataclass(slots=True)
 class BlockMeta:
-    table: torch.Tensor  # [N, pages] long: query block i's page-table row
+    table: torch.Tensor  # [N, pages] int32: query block i's page-table row
     kv_len: torch.Tensor  # [N] long: keys block i attends ([0, kv_len))
 
 
@@ -122,7 +122,8 @@ class PagedBlockAttention:
         seg_of = upload(torch.repeat_interleave(torch.arange(fb.num_segments), per_seg), None,
                         dev)  # [N]
         kv_len = fb.positions.view(-1, Bq)[:, 0] + Bq  # [N]: block-causal key range
-        return BlockMeta(fb.page_table[seg_of], kv_len)
+        # int32 as in the graphs' static table: one compiled kernel variant for both
+        return BlockMeta(fb.page_table[seg_of].to(torch.int32), kv_len)
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 kv: KVCache, fb: ForwardBatch, meta: BlockMeta) -> torch.Tensor:

@@ -37,7 +37,8 @@ def ling(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _engine(model: Path, **opts: object) -> Engine:
-    opts = {"device": "cuda", "dtype": "float32", "num_pages": 256, "load_format": "dummy"} | opts
+    opts = {"device": "cuda", "dtype": "float32", "num_pages": 256, "load_format": "dummy",
+            "max_num_batched_tokens": 1024} | opts  # 32 blocks: ~30 graphs at start-up
     return Engine(engine_config(str(model), **opts))
 
 

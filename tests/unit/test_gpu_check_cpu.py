@@ -16,7 +16,7 @@ MISSING = ("fastapi", "uvicorn", "pydantic", "starlette", "transformers", "token
            "huggingface_hub", "tqdm", "safetensors", "jinja2", "xgrammar", "prometheus_client",
            "httpx", "matplotlib")
 SECTIONS = ("meta", "notes", "env", "peaks", "kernels", "graphs_vs_eager", "diffusion",
-            "diffusion_eager", "ar", "pytest", "install")
+            "diffusion_eager", "ar", "profiles", "pytest", "install")
 
 
 def test_gpu_check_runs_on_cpu_without_the_missing_packages(tmp_path: Path) -> None:
@@ -40,7 +40,7 @@ def test_gpu_check_runs_on_cpu_without_the_missing_packages(tmp_path: Path) -> N
     data = json.loads((out / "summary.json").read_text())
     assert set(SECTIONS) <= set(data), sorted(data)
     for name in ("env", "peaks", "kernels", "graphs_vs_eager", "diffusion", "diffusion_eager",
-                 "ar", "pytest"):
+                 "ar", "profiles", "pytest"):
         assert data[name]["status"] == "ok", (name, data[name])
     assert data["install"]["status"] == "skipped"
     assert not data["env"]["has_transformers"] and not data["env"]["has_tokenizers"]
@@ -56,7 +56,10 @@ def test_gpu_check_runs_on_cpu_without_the_missing_packages(tmp_path: Path) -> N
     # every sequence forwards its active block of 32 (a folded commit adds at most as much)
     assert all(32 * x["concurrency"] <= x["tokens_forwarded_median"] <= 64 * x["concurrency"]
                for x in diff), diff
-    assert all("profile" in x for x in diff if x["concurrency"] in (1, 128))
+    profiles = data["profiles"]["runs"]  # last, on the graphed engine: c = 1 and 128
+    assert [x["concurrency"] for x in profiles] == [1, 128]
+    assert all(x["profile"]["top"] for x in profiles), profiles
+    assert "Profile c=128" in (out / "summary.md").read_text()
     assert data["graphs_vs_eager"]["tokens_identical"] == data["graphs_vs_eager"]["requests"]
     assert data["graphs_vs_eager"]["logits"]["max_abs_diff"] == 0.0  # CPU: both eager
     md = (out / "summary.md").read_text()

@@ -112,12 +112,14 @@ def _num_sms(index: int) -> int:
 
 
 def _auto_splits(programs: int, max_keys: int, block_n: int, device: torch.device) -> int:
-    """Enough key slices for ~2 programs per SM, each slice at least 4 key tiles long."""
+    """Enough key slices for ~2 programs per SM, each slice at least 4 key tiles long; a
+    power of two (few compiled variants: NSPLIT is a compile-time constant)."""
     if device.type != "cuda":
         return 1
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
     want = -(-2 * sms // programs)
-    return max(1, min(want, max_keys // (4 * block_n), 32))
+    n = max(1, min(want, max_keys // (4 * block_n), 32))
+    return 1 << (n.bit_length() - 1)
 
 
 def paged_block_attention(
