@@ -25,7 +25,7 @@ from server.api.metrics import Metrics
 from server.api.models import ServedModels
 from server.api.params import check_params
 from server.api.playground import install_playground
-from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.api.protocol import ChatCompletionRequest, CompletionRequest, StreamOptions
 from server.api.responses import Shape, full_response, stream
 from server.api.serving import Choice, OpenAIServing
 from server.api.tokenize import DetokenizeRequest, TokenizeRequest, detokenize, tokenize
@@ -307,8 +307,7 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         shape = Shape(False, raw.state.request_id, s.model_name, req.return_token_ids,
                       s.logprob_format if req.logprobs is not None else None)
         return await _respond(state, s, raw, pairs, shape, req.n, req.stream,
-                              bool(req.stream_options and req.stream_options.include_usage),
-                              req.echo)
+                              req.stream_options, req.echo)
 
     @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
     async def chat(req: ChatCompletionRequest, raw: Request) -> Response:
@@ -317,11 +316,11 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         shape = Shape(True, raw.state.request_id, s.model_name, req.return_token_ids,
                       s.logprob_format if req.logprobs else None)
         return await _respond(state, s, raw, pairs, shape, req.n, req.stream,
-                              bool(req.stream_options and req.stream_options.include_usage))
+                              req.stream_options)
 
 
 async def _respond(state: AppState, s: OpenAIServing, raw: Request, pairs: list,
-                   shape: Shape, n: int, streaming: bool, include_usage: bool,
+                   shape: Shape, n: int, streaming: bool, options: StreamOptions | None,
                    echo: bool = False) -> Response:
     cap, token_cap = state.settings.max_queued_requests, state.settings.max_queued_tokens
     tokens = sum(len(r.prompt_ids) + r.params.max_tokens for _, r in pairs)
@@ -338,7 +337,7 @@ async def _respond(state: AppState, s: OpenAIServing, raw: Request, pairs: list,
     if streaming:
         return StreamingResponse(
             _counted(state, choices, tokens,
-                     stream(shape, choices, events, n, include_usage, echo)),
+                     stream(shape, choices, events, n, options or StreamOptions(), echo)),
             media_type="text/event-stream")
     try:
         return await _complete(raw, events, shape, choices, n, echo)

@@ -57,6 +57,9 @@ def _has_surrogate(data: Any) -> bool:
 
 class StreamOptions(OpenAIModel):
     include_usage: bool = False
+    # random padding on every chunk (`obfuscation`), against size side channels; OpenAI's
+    # default is on, ours off unless asked (docs/openai-api.md)
+    include_obfuscation: bool = False
     # extension (docs/playground.md): each step's active block on the choice, as `canvas`
     include_canvas: bool = False
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from server.api.errors import error_body
 from server.api.logprobs import LogprobFormatter
-from server.api.serving import Choice, Event, sse, usage
+from server.api.protocol import StreamOptions
+from server.api.serving import Choice, Event, usage
+from server.api.serving import sse as plain_sse
 from server.api.tools.base import ToolCallDelta
 from server.core import TokenLogprob
 
@@ -90,9 +93,17 @@ def full_response(shape: Shape, choices: list[Choice], n: int, echo: bool = Fals
 
 
 async def stream(shape: Shape, choices: list[Choice], events: AsyncIterator[Event], n: int,
-                 include_usage: bool, echo: bool = False) -> AsyncIterator[str]:
+                 options: StreamOptions, echo: bool = False) -> AsyncIterator[str]:
     """Role (chat) or echo (completions) chunks first, then a chunk whenever a choice's
-    committed prefix grows, one finish chunk per choice, usage if asked, then [DONE]."""
+    committed prefix grows, one finish chunk per choice, usage if asked, then [DONE]. With
+    `include_obfuscation` every chunk carries `obfuscation`: 1-32 random URL-safe characters
+    (OpenAI's mitigation of payload-size side channels)."""
+
+    def sse(body: dict[str, Any]) -> str:
+        if options.include_obfuscation:
+            body = body | {"obfuscation": secrets.token_urlsafe(24)[: 1 + secrets.randbelow(32)]}
+        return plain_sse(body)
+
     for c in sorted(choices, key=lambda c: c.index):
         if shape.chat:
             yield sse(shape.head(True) | {"choices": [shape.delta_choice(c, None, None, None,
@@ -128,7 +139,7 @@ async def stream(shape: Shape, choices: list[Choice], events: AsyncIterator[Even
                 if c.error is not None:
                     status, kind = ((400, "BadRequestError") if c.bad_request
                                     else (500, "InternalServerError"))
-                    yield sse(error_body(c.error, kind, None, status))
+                    yield plain_sse(error_body(c.error, kind, None, status))
                     yield DONE
                     return
                 reason = c.finish_reason
@@ -137,9 +148,9 @@ async def stream(shape: Shape, choices: list[Choice], events: AsyncIterator[Even
                 yield sse(shape.head(True) | {"choices": [shape.delta_choice(
                     c, None if shape.chat else "", None, reason)]})
     except Exception as e:  # noqa: BLE001 - status is already 200: report in-stream
-        yield sse(error_body(f"{type(e).__name__}: {e}", "InternalServerError", None, 500))
+        yield plain_sse(error_body(f"{type(e).__name__}: {e}", "InternalServerError", None, 500))
         yield DONE
         return
-    if include_usage:
+    if options.include_usage:
         yield sse(shape.head(True) | {"choices": [], "usage": usage(choices, n)})
     yield DONE

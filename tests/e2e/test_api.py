@@ -273,3 +273,21 @@ def test_metrics_carry_vllm_names_with_the_same_values(server: RemoteServer) -> 
         assert any(n == name for n, _ in samples), name
     assert compared > 50
     assert server.metric("vllm:generation_tokens_total") >= 40
+
+
+@pytest.mark.parametrize("obfuscate", [False, True])
+def test_stream_obfuscation_pads_every_chunk_when_asked(server: RemoteServer,
+                                                       obfuscate: bool) -> None:
+    client = server.client()
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=30,
+        stream=True, stream_options={"include_usage": True,
+                                     "include_obfuscation": obfuscate}))
+    pads = [getattr(ch, "obfuscation", None) or (ch.model_extra or {}).get("obfuscation")
+            for ch in chunks]
+    if not obfuscate:
+        assert pads == [None] * len(chunks)
+        return
+    assert all(isinstance(p, str) and 1 <= len(p) <= 32 for p in pads), pads
+    assert len(set(pads)) > 1 and len({len(p) for p in pads}) > 1  # random, varying size
+    assert chunks[-1].usage is not None
