@@ -270,16 +270,13 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    def max_model_len() -> int | None:
-        return None if state.engine.info is None else state.engine.info.max_model_len
-
     @app.get("/v1/models", responses=ERROR_RESPONSES)
     async def models() -> dict[str, Any]:
-        return state.models.cards(max_model_len())
+        return state.models.cards(state.engine.info)
 
     @app.get("/v1/models/{model:path}", responses=ERROR_RESPONSES)
     async def model_card(model: str) -> dict[str, Any]:  # `path`: hub ids hold a slash
-        return state.models.card(model, max_model_len())
+        return state.models.card(model, state.engine.info)
 
     @app.post("/tokenize", responses=ERROR_RESPONSES)
     async def tokenize_route(req: TokenizeRequest) -> dict[str, Any]:

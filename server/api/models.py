@@ -28,13 +28,21 @@ class ServedModels:
                                 f"{', '.join(self.names)}", "NotFoundError", "model",
                            "model_not_found")
 
-    def card(self, name: str, max_model_len: int | None) -> dict[str, Any]:
+    def card(self, name: str, info: Any) -> dict[str, Any]:
+        """`info`: the engine's `EngineInfo` once it is up (None before). Extensions beside
+        OpenAI's fields: `max_model_len` (vLLM's), and `decoding` — how the model writes:
+        "block-diffusion" (with its block size, whether requests that do not choose edit, and
+        whether LLaDA2.2 edit tokens apply) or "autoregressive"."""
         self.check(name)
         card: dict[str, Any] = {"id": name, "object": "model", "created": self.created,
                                 "owned_by": "unmask", "root": self.root, "parent": None}
-        if max_model_len is not None:
-            card["max_model_len"] = max_model_len
+        if info is not None:
+            card["max_model_len"] = info.max_model_len
+            card["decoding"] = ({"kind": "block-diffusion", "block_size": info.block_size,
+                                 "editing_default": info.editing_default,
+                                 "levenshtein_edits": info.levenshtein}
+                                if info.mode == "diffusion" else {"kind": "autoregressive"})
         return card
 
-    def cards(self, max_model_len: int | None) -> dict[str, Any]:
-        return {"object": "list", "data": [self.card(n, max_model_len) for n in self.names]}
+    def cards(self, info: Any) -> dict[str, Any]:
+        return {"object": "list", "data": [self.card(n, info) for n in self.names]}

@@ -29,6 +29,10 @@ def server(tiny_llada2_peaky: Path) -> Iterator[RemoteServer]:
 def test_models_health_version(server: RemoteServer) -> None:
     client = server.client()
     assert client.models.list().data[0].id == "tiny"
+    card = client.models.retrieve("tiny").model_extra or {}
+    assert card["decoding"] == {"kind": "block-diffusion", "block_size": 32,
+                                "editing_default": False, "levenshtein_edits": False}
+    assert card["max_model_len"] == 512
     for path in ("/health", "/ready", "/version"):
         assert httpx.get(server.url + path).status_code == 200
 

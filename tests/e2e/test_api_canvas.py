@@ -119,6 +119,9 @@ def test_autoregressive_checkpoint_refuses_it(tiny_ling2: Path) -> None:
             "stream_options": {"include_canvas": True}})
         assert r.status_code == 400
         assert r.json()["error"]["param"] == "stream_options.include_canvas"
+        # what a client checks first: the model card says how the model decodes
+        card = srv.client().models.retrieve("tiny").model_extra or {}
+        assert card["decoding"] == {"kind": "autoregressive"}
     finally:
         srv.stop()
 
