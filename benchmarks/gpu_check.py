@@ -35,19 +35,15 @@ summary.json/summary.md are rewritten after every section, so a run cut short st
     python benchmarks/gpu_check.py --out OUT [--device cpu --tiny] [--budget-s 240]
     python benchmarks/gpu_check.py --out OUT --finalize ...   # (gpu_check.sh) pytest, install
 """
-
 from __future__ import annotations
 
 import argparse
 import datetime
 import gc
-import json
-import math
 import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,18 +53,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from the source tree
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
 
-# NVIDIA H200 SXM datasheet: 4.8 TB/s HBM3e, 989 TFLOP/s dense BF16 (1,979 with sparsity).
-DATASHEET = {"H200": {"hbm_TBps": 4.8, "bf16_dense_TFLOPs": 989.0}}
-TARGETS = {"step_fraction_of_roofline": 0.6, "acceptance_fraction_of_copy_bw": 0.8}
-SECTIONS = ("env", "peaks", "kernels", "graphs_vs_eager", "diffusion", "diffusion_eager", "ar",
-            "profiles", "pytest", "install")
-ORDINARY_IDS = 700  # prompt ids below the tiny tokenizer's special ids (776..): no mask or EOS
-PROFILE_FILE = "profiles.txt"
-TOP_KERNELS = 25
+from gpu_check_lib import (  # noqa: E402
+    DATASHEET,
+    ORDINARY_IDS,
+    PROFILE_FILE,
+    SECTIONS,
+    TOP_KERNELS,
+    attention_evidence,  # noqa: F401 - part of the script's interface (tests)
+    copy_bandwidth,
+    count_syncs,
+    experts_touched,
+    matmul_peak,
+    profile_steps,
+    roofline,
+    sync,
+    time_fn,
+)
+from gpu_check_report import finalize, git_commit, write_summary  # noqa: E402
 
 
 @dataclass
@@ -102,193 +105,6 @@ class Plan:
                    warm_steps=3, compare_requests=4, compare_tokens=96,
                    accept_rows=[1, 8, 32, 128], moe_tokens=[32, 256, 1024, 4096],
                    copy_bytes=2 << 30, matmul_n=8192, eager_concurrency=[1, 128])
-
-
-# -- timing and ceilings -----------------------------------------------------------------------
-def sync(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_fn(fn: Callable[[], Any], device: str, iters: int = 20, warmup: int = 3) -> float:
-    """Median seconds per call: CUDA events on a GPU, the wall clock on a CPU."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        if device == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def copy_bandwidth(device: str, nbytes: int) -> float:
-    """Bytes/s of a device copy, read + write counted (what a streaming kernel can reach)."""
-    import torch
-
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    return 2 * nbytes / time_fn(lambda: dst.copy_(src), device)
-
-
-def matmul_peak(device: str, n: int, dtype: Any) -> float:
-    """FLOP/s of a square matmul in `dtype` (measured, not the datasheet)."""
-    import torch
-
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / time_fn(lambda: a @ b, device)
-
-
-# -- the roofline ------------------------------------------------------------------------------
-def experts_touched(num_experts: int, top_k: int, tokens: int) -> float:
-    """Expected distinct experts chosen by `tokens` tokens, top_k each, uniform routing."""
-    if num_experts <= 0 or tokens <= 0:
-        return 0.0
-    return num_experts * (1 - (1 - top_k / num_experts) ** tokens)
-
-
-def roofline(cfg: Any, queries: list[int], keys: list[int], logit_rows: int, wbytes: int,
-             bw: float, peak: float) -> dict[str, Any]:
-    """One forward: `queries[i]` rows of sequence i attending to `keys[i]` keys each (their
-    last query row's; block-causal rows of one block all see the same keys), `logit_rows`
-    rows of logits; `wbytes` bytes per weight and KV element (the model dtype)."""
-    H, V, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
-    nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    E, k, mi = cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size
-    T = sum(queries)
-    moe_layers = sum(1 for i in range(L) if cfg.is_moe_layer(i))
-    dense_layers = L - moe_layers
-    attn = (nh + 2 * nkv) * hd * H + nh * hd * H  # weights per layer
-    dense = 3 * H * cfg.intermediate_size
-    shared = 3 * H * mi * cfg.num_shared_experts
-    expert = 3 * H * mi
-    touched = experts_touched(E, k, T)
-    weights = (wbytes * (L * attn + dense_layers * dense + moe_layers * (shared + touched * expert)
-                         + V * H + T * H) + 4 * moe_layers * E * H)  # router fp32
-    kv_tok = 2 * L * nkv * hd * wbytes  # K and V of one token, every layer
-    kv = kv_tok * (sum(keys) + T)  # read every key once per sequence; write this step's
-    logits = 2 * wbytes * logit_rows * V
-    per_token = 2 * (L * attn + dense_layers * dense + moe_layers * (shared + k * expert + E * H))
-    attn_flops = 4 * L * nh * hd * sum(q * kk for q, kk in zip(queries, keys, strict=True))
-    flops = T * per_token + attn_flops + 2 * logit_rows * H * V
-    nbytes = weights + kv + logits
-    t_mem, t_flop = nbytes / bw, flops / peak
-    return {"tokens": T, "bytes_GB": nbytes / 1e9, "weights_GB": weights / 1e9,
-            "kv_GB": kv / 1e9, "logits_GB": logits / 1e9, "GFLOP": flops / 1e9,
-            "experts_touched_per_layer": touched, "roofline_ms": max(t_mem, t_flop) * 1e3,
-            "bound": "memory" if t_mem >= t_flop else "compute"}
-
-
-# -- profiler ----------------------------------------------------------------------------------
-def kernel_table(prof: Any, device: str) -> list[dict[str, Any]]:
-    """Top kernels by total device time (CUDA), or top CPU ops by self time (CPU)."""
-    from torch.autograd import DeviceType
-
-    if device == "cuda":
-        agg: dict[str, list[float]] = {}
-        for e in prof.events():
-            if e.device_type != DeviceType.CUDA:
-                continue
-            us = float(e.time_range.elapsed_us())
-            agg.setdefault(e.name, []).append(us)
-        rows = [{"name": n, "calls": len(v), "total_us": sum(v), "avg_us": sum(v) / len(v)}
-                for n, v in agg.items()]
-    else:
-        rows = [{"name": a.key, "calls": a.count, "total_us": float(a.self_cpu_time_total),
-                 "avg_us": float(a.self_cpu_time_total) / max(1, a.count)}
-                for a in prof.key_averages()]
-    rows.sort(key=lambda r: -r["total_us"])
-    total = sum(r["total_us"] for r in rows) or 1.0
-    for r in rows:
-        r["share"] = r["total_us"] / total
-    return rows
-
-
-# aten SDPA ops (eager steps) and kernel-name fragments (also inside graph replays) → backend
-SDPA_OPS = {"_scaled_dot_product_flash_attention_for_cpu": "cpu flash",
-            "_scaled_dot_product_flash_attention": "flash",
-            "_scaled_dot_product_efficient_attention": "mem_efficient",
-            "_scaled_dot_product_cudnn_attention": "cudnn",
-            "_scaled_dot_product_attention_math": "math"}
-ATTENTION_KERNELS = (("paged-triton", ("_attn", "_combine")),
-                     ("flashinfer", ("flashinfer", "batchprefill", "batchdecode")),
-                     ("flash", ("flash_fwd", "pytorch_flash")),
-                     ("mem_efficient", ("fmha_cutlass", "efficient_attention", "mem_eff")),
-                     ("cudnn", ("cudnn_generated_fort_native_sdpa", "cudnn_sdpa", "cudnn_fmha")))
-
-
-def attention_evidence(names: list[str]) -> dict[str, Any]:
-    """Which attention implementation ran, from the op and kernel names of a profile."""
-    kinds: list[str] = []
-    ops = sorted({n for n in names if "scaled_dot_product" in n})
-    for op in ops:
-        kind = next((k for o, k in SDPA_OPS.items() if op.removeprefix("aten::") == o), None)
-        if kind and kind not in kinds:
-            kinds.append(kind)
-    low = {n.lower() for n in names}
-    for kind, frags in ATTENTION_KERNELS:
-        if kind not in kinds and any(f in n for n in low for f in frags):
-            kinds.append(kind)
-    kernels = sorted({n[:100] for n in names if any(f in n.lower() for f in (
-        "attention", "fmha", "flash", "sdpa", "softmax"))})[:8]
-    return {"kinds": kinds or ["none recognised (math path: bmm + softmax kernels?)"],
-            "sdpa_ops": ops, "attention_like": kernels}
-
-
-def profile_steps(engine: Any, device: str, steps: int) -> tuple[list[dict[str, Any]], str,
-                                                                   dict[str, Any], float]:
-    """(table rows, the profiler's own table text, attention evidence, wall seconds)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    sync(device)
-    t0 = time.perf_counter()
-    with profile(activities=acts) as prof:
-        for _ in range(steps):
-            engine.step()
-        sync(device)
-    wall = time.perf_counter() - t0
-    rows = kernel_table(prof, device)
-    sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    try:
-        text = prof.key_averages().table(sort_by=sort, row_limit=TOP_KERNELS)
-    except Exception:  # noqa: BLE001 - an older profiler's key name
-        text = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=TOP_KERNELS)
-    names = [r["name"] for r in rows] + [e.name for e in prof.events()]
-    return rows, text, attention_evidence(names), wall
-
-
-def count_syncs(engine: Any, device: str) -> dict[str, Any]:
-    """Synchronizing CUDA calls in one `engine.step()` (torch's sync debug mode warnings)."""
-    import warnings
-
-    import torch
-
-    if device != "cuda":
-        return {"status": "skipped", "reason": "torch.cuda.set_sync_debug_mode needs CUDA"}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            engine.step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    msgs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
-    return {"status": "ok", "syncs": len(msgs), "examples": sorted(set(msgs))[:3]}
 
 
 # -- the check ---------------------------------------------------------------------------------
@@ -884,206 +700,6 @@ def _info(engine: Any) -> dict[str, Any]:
     return {k: getattr(i, k) for k in ("architecture", "mode", "device", "dtype", "block_size",
                                        "num_pages", "max_model_len", "attention_backend",
                                        "acceptance_backend")}
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        return head + (f" (+{len(dirty.splitlines())} uncommitted paths)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git metadata)"
-
-
-# -- summary -------------------------------------------------------------------------------------
-def write_summary(out: Path, result: dict[str, Any]) -> None:
-    """Each file replaced whole (a kill mid-write leaves the previous version)."""
-    for name, text in (("summary.json", json.dumps(result, indent=2, default=str) + "\n"),
-                       ("summary.md", render_md(result))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
-
-
-def _f(x: Any, fmt: str = ".2f") -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float) and math.isnan(x):
-        return "nan"
-    return format(x, fmt) if isinstance(x, int | float) else str(x)
-
-
-def _status(sec: dict[str, Any]) -> str:
-    s = sec.get("status", "?")
-    why = sec.get("reason") or sec.get("error")
-    return s + (f": {why}" if why and s != "ok" else "")
-
-
-def render_md(r: dict[str, Any]) -> str:
-    m = r["meta"]
-    env = r.get("env", {})
-    L = ["# GPU check (issue 18)", "",
-         f"- command: `{m.get('command')}`", f"- device: {m.get('device', '?')}",
-         f"- date: {m.get('date')}", f"- commit: {m.get('commit')}",
-         f"- shape: {m.get('shape')}; python {m.get('python')}, torch {env.get('torch', '?')},"
-         f" triton {env.get('triton', '?')}; elapsed {m.get('elapsed_s')} s of a "
-         f"{m.get('budget_s')} s budget", ""]
-    for n in r.get("notes", []):
-        L.append(f"> {n}")
-    L += ["", "| section | status |", "|---|---|"]
-    L += [f"| {s} | {_status(r[s]) if isinstance(r.get(s), dict) else '-'} |" for s in SECTIONS]
-    pk = r.get("peaks", {})
-    if pk.get("status") == "ok":
-        L += ["", "## Ceilings (measured)", "",
-              f"copy bandwidth {_f(pk['copy_bandwidth_GBps'], '.0f')} GB/s (read + write), "
-              f"{pk['matmul_dtype']} matmul {_f(pk['matmul_peak_TFLOPs'], '.3g')} TFLOP/s"
-              + (f"; vs the H200 datasheet (4.8 TB/s, 989 TFLOP/s): "
-                 f"{_f(pk['copy_vs_datasheet'], '.0%')}, {_f(pk['matmul_vs_datasheet'], '.0%')}"
-                 if "datasheet" in pk else "")]
-    kr = r.get("kernels", {})
-    if kr.get("status") == "ok":
-        L += ["", f"## Acceptance kernel ({kr['acceptance_backend']}, logits "
-              f"{kr['acceptance_logits_dtype']}, V {kr['vocab']}; target >= 80 % of copy "
-              "bandwidth)", "", "| S x 32 rows | MiB | us | GB/s | of copy bw |",
-              "|---|---|---|---|---|"]
-        L += [f"| {a['S']} | {_f(a['logits_MiB'], '.1f')} | {_f(a['us'], '.1f')} | "
-              f"{_f(a['GBps'], '.0f')} | {_f(a['fraction_of_copy_bw'], '.0%')} |"
-              for a in kr["acceptance"]]
-        L += ["", f"## MoE kernel ({kr['moe_shape']})", "",
-              "| backend | tokens | experts | us | TFLOP/s | of matmul peak | weight GB/s "
-              "| of copy bw |",
-              "|---|---|---|---|---|---|---|---|"]
-        for b, rows in kr["moe"].items():
-            for x in rows:
-                if "error" in x:
-                    L.append(f"| {b} | error: {x['error']} | | | | | | |")
-                    continue
-                L.append(f"| {b} | {x['tokens']} | {x['experts_touched']} | "
-                         f"{_f(x['us'], '.1f')} | {_f(x['TFLOPs'], '.1f')} | "
-                         f"{_f(x['fraction_of_matmul_peak'], '.0%')} | "
-                         f"{_f(x['weight_GBps'], '.0f')} | {_f(x['fraction_of_copy_bw'], '.0%')} |")
-    gv = r.get("graphs_vs_eager", {})
-    if gv.get("status") == "ok":
-        lg = gv.get("logits", {})
-        ex = gv.get("experts_touched_eager", {})
-        L += ["", "## CUDA graphs vs eager (greedy, same dummy weights)", "",
-              f"- graph engine uses graphs: {gv['graphs_uses_graphs']} (replays "
-              f"{_f(gv.get('graphs_graph_replays'))} over {gv['graphs_steps']} steps); "
-              f"attention {gv['graphs_attention_backend']}, acceptance "
-              f"{gv['graphs_acceptance_backend']}",
-              f"- tokens identical: {gv['tokens_identical']}/{gv['requests']} requests "
-              f"({gv['tokens_per_request']} tokens; first divergence {gv['first_divergence']})",
-              f"- logits of step {lg.get('step', '-')}: {lg.get('status')}; max abs diff "
-              f"{_f(lg.get('max_abs_diff'), '.3g')} ({_f(lg.get('max_rel_to_max'), '.2g')} of "
-              f"the largest logit), argmax agreement {_f(lg.get('argmax_agreement'), '.1%')}",
-              f"- routed experts per MoE layer on one eager step of {ex.get('tokens')} tokens: "
-              f"measured {_f(ex.get('measured_mean'), '.1f')} (min {ex.get('measured_min')}), "
-              f"analytic (uniform routing) {_f(ex.get('analytic'), '.1f')}"]
-        if gv.get("note"):
-            L.append(f"- note: {gv['note']}")
-    for key, title in (("diffusion", "Diffusion step"), ("diffusion_eager",
-                                                         "Diffusion step, enforce_eager"),
-                       ("ar", "AR decode step (Ling-2.0 twin)"),
-                       ("profiles", "Profiles of the graphed diffusion step")):
-        sec = r.get(key, {})
-        if sec.get("status") != "ok":
-            continue
-        if key == "profiles":
-            L += ["", f"## {title}"]
-            _render_profiles(L, sec["runs"])
-            continue
-        eng = sec.get("engine", {})
-        L += ["", f"## {title} (uses_graphs {sec.get('uses_graphs')}, attention "
-              f"{eng.get('attention_backend')}; target >= 60 % of roofline)", "",
-              "| c | ms/step (median) | roofline ms | bound | of roofline | tokens fwd | "
-              "graph steps | host syncs/step | TPF | out tok/s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-        for x in sec["runs"]:
-            if "error" in x:
-                L.append(f"| {x['concurrency']} | error: {x['error']} | | | | | | | | |")
-                continue
-            ro = x["roofline"]
-            L.append(f"| {x['concurrency']} | {_f(x['step_ms_median'])} | "
-                     f"{_f(ro['roofline_ms'])} | {ro['bound']} | "
-                     f"{_f(x['fraction_of_roofline'], '.0%')} | "
-                     f"{_f(x['tokens_forwarded_median'], '.0f')} | "
-                     f"{_f(x['graph_replayed_steps'])}/{x['steps']} | "
-                     f"{_f(x['host_syncs_per_step'])} | {_f(x['tokens_per_forward'])} | "
-                     f"{_f(x['output_tokens_per_s'], '.0f')} |")
-        if sec.get("graph_counters"):
-            L.append(f"\ngraph runner counters after the sweep: {sec['graph_counters']}")
-        if sec.get("skipped_concurrency"):
-            L.append(f"\nskipped (time budget): c = {sec['skipped_concurrency']}")
-        _render_profiles(L, sec["runs"])
-    for key in ("pytest", "install"):
-        sec = r.get(key, {})
-        if sec.get("status") not in (None, "pending"):
-            L += ["", f"## {key}", "", f"{_status(sec)}" + (f"; {sec['detail']}"
-                                                           if sec.get("detail") else "")]
-    return "\n".join(L) + "\n"
-
-
-def _render_profiles(L: list[str], runs: list[dict[str, Any]]) -> None:
-    for x in runs:
-        pr = x.get("profile")
-        if not pr:
-            continue
-        if pr.get("no_cuda_events"):
-            L += ["", f"### Profile c={x['concurrency']}: the profiler recorded no CUDA "
-                  "kernel (CUPTI after graph capture?)"]
-            continue
-        at = pr["attention"]
-        what = "CUDA kernels" if pr.get("gpu_busy_fraction") is not None else "CPU ops"
-        L += ["", f"### Profile c={x['concurrency']}: top {TOP_KERNELS} {what} (3 steps; "
-              f"{_f(pr['wall_ms_per_step'])} ms/step wall, GPU busy "
-              f"{_f(pr['gpu_busy_fraction'], '.0%')})", "",
-              f"attention evidence: {', '.join(at['kinds'])}; SDPA ops "
-              f"{at['sdpa_ops'] or '-'}", "",
-              "| # | kernel | calls | total us | avg us | share |", "|---|---|---|---|---|---|"]
-        L += [f"| {i} | `{k['name']}` | {k['calls']} | {_f(k['total_us'], '.0f')} | "
-              f"{_f(k['avg_us'], '.1f')} | {_f(k['share'], '.1%')} |"
-              for i, k in enumerate(pr["top"], 1)]
-
-
-def finalize(args: argparse.Namespace) -> int:
-    """Add the shell's pytest and install outcomes to the summary (no torch import)."""
-    out = Path(args.out)
-    path = out / "summary.json"
-    result = json.loads(path.read_text()) if path.exists() else {
-        "meta": {"command": os.environ.get("GPU_CHECK_COMMAND", "?"), "note":
-                 "the check wrote no summary (killed or crashed: see check_log.txt)"},
-        "notes": []}
-    if args.pytest_rc is None:
-        result["pytest"] = {"status": "skipped", "reason": args.pytest_note or "not run"}
-    else:
-        last = ""
-        log = out / args.pytest_log if args.pytest_log else None
-        if log is not None and log.exists():
-            lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
-            last = lines[-1] if lines else ""
-        status = {0: "ok", 5: "ok"}.get(args.pytest_rc, "failed")
-        if args.pytest_rc in (124, 137):
-            status = "timeout"
-        result["pytest"] = {"status": status, "rc": args.pytest_rc, "detail": last,
-                            "reason": f"rc {args.pytest_rc} (raw output {args.pytest_log})"}
-    result["install"] = {"status": "ok" if args.install_rc == 0 else
-                         "skipped" if args.install_rc is None else "failed",
-                         "rc": args.install_rc,
-                         "reason": args.install_note or "",
-                         "detail": "imports come from the source tree (PYTHONPATH = the "
-                         "repository root) either way"}
-    if args.check_rc is not None:
-        result["meta"]["check_rc"] = args.check_rc
-    for s in SECTIONS[:-2]:  # what the check never reached (killed, or crashed)
-        sec = result.get(s)
-        if not isinstance(sec, dict) or sec.get("status") == "pending":
-            result[s] = {"status": "not reached", "reason": f"the check ended (rc "
-                         f"{args.check_rc}) before this section: see check_log.txt"}
-    result["meta"].setdefault("commit", os.environ.get("GPU_CHECK_COMMIT") or git_commit())
-    write_summary(out, result)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
