@@ -247,6 +247,8 @@ class Sequence:
     post_steps: int = 0  # iterations of the current block that started mask-free (editing)
     block_edits: int = 0  # tokens rewritten in the current block (editing)
     block_settled: bool = False  # editing: the last iteration started mask-free, edited nothing
+    canvas_row: int | None = None  # this sequence's row of the device `CanvasTable`
+    canvas_row_current: bool = False  # that row equals `block`/`post_steps` (see CanvasTable)
     # with params.logprobs: absolute position -> the logprob of the token last written there
     # (entries leave once their token is emitted)
     logprob_at: dict[int, TokenLogprob] = field(default_factory=dict)

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import torch
 
+from server.config import SchedulerConfig
 from server.core import (
     DEFAULT_MAX_POST_STEPS,
     EDITING_OFF,
@@ -21,6 +22,7 @@ from server.core import (
     Sequence,
 )
 from server.decoding import levenshtein
+from server.decoding.canvas_table import CanvasTable
 from server.decoding.levenshtein import EditIds
 from server.decoding.logits import (
     in_working_dtype,
@@ -35,7 +37,7 @@ from server.decoding.logits import (
 )
 from server.grammar.accept import accept_in_order
 from server.transfer import read, upload
-from unmask_kernels import EditBatch, accept_blocks, commit_chosen
+from unmask_kernels import accept_blocks, commit_chosen
 
 AcceptFn = Callable[..., torch.Tensor]  # `accept_blocks`' signature: committed [S, B] bool
 
@@ -72,6 +74,10 @@ class DecodeMode(Protocol):
         """Called after a step when the sequence goes on; True if a block was completed."""
         ...
 
+    def release(self, seq: Sequence) -> None:
+        """The sequence leaves the running set (finished or preempted)."""
+        ...
+
     def frame(self, seq: Sequence) -> CanvasFrame | None:
         """The active block after this step, for `params.canvas` (before `advance`; its
         `block_done` is False); None where there is no block (AR)."""
@@ -96,7 +102,7 @@ class BlockDiffusion:
                  editing: Editing | None = None, eos_ids: frozenset[int] = frozenset(),
                  max_post_steps: int = DEFAULT_MAX_POST_STEPS,
                  accept_fn: AcceptFn = accept_blocks, simulate_tpf: float | None = None,
-                 edit_ids: EditIds | None = None) -> None:
+                 edit_ids: EditIds | None = None, table: CanvasTable | None = None) -> None:
         self.eos_ids = eos_ids
         self.max_post_steps = max_post_steps  # the default budget, also when editing is off
         self.attn_block = self.page_size = self.block_size = block_size
@@ -106,6 +112,10 @@ class BlockDiffusion:
         self.accept_fn = accept_fn  # the "acceptance" registry's choice
         self.simulate_tpf = simulate_tpf  # benchmarking oracle, see DiffusionConfig
         self.edit_ids = edit_ids  # LLaDA2.2: editing rows follow docs/llada22.md
+        # the running sequences' blocks on the device (a CPU table of the default capacity
+        # when the caller gives none)
+        self.table = table or CanvasTable(SchedulerConfig().max_running_requests, block_size,
+                                          mask_id, torch.device("cpu"))
 
     def new_sequence(self, req: GenerateRequest) -> Sequence:
         B, P = self.block_size, len(req.prompt_ids)
@@ -199,6 +209,7 @@ class BlockDiffusion:
                 assert seq.editing is not None
                 counts[i] = levenshtein.iterate(seq, c, self.edit_ids, self._threshold(seq),
                                                 seq.editing)
+                seq.canvas_row_current = False  # the host rewrote the block
         for i, seq in enumerate(seqs):
             if seq.grammar is not None:
                 counts[i] = self._accept_constrained(seq, logits[i])
@@ -208,47 +219,43 @@ class BlockDiffusion:
                      chosen: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[int]:
         """logits [S, B, V], or the greedy (token, confidence) [S, B] each already `chosen`:
         confidence-threshold acceptance anywhere in each block, and the token-to-token edits
-        of editing rows."""
-        some = logits if logits is not None else chosen[0] if chosen is not None else None
-        assert some is not None
-        dev, S = some.device, len(seqs)
-        blocks = upload([s.block for s in seqs], torch.long, dev)  # [S, B]
-        undecided_rows = [self.undecided(s) for s in seqs]
-        undecided = upload(undecided_rows, torch.bool, dev)  # [S, B]
-        thr, ks = [self._threshold(s) for s in seqs], [s.params.min_commit for s in seqs]
+        of editing rows, on the device-resident canvases (`CanvasTable`); one host read."""
+        B, table = self.block_size, self.table
+        rows = table.bind(seqs, [self._threshold(s) for s in seqs])  # [S]
+        step = table.gather(rows, any(s.editing is not None for s in seqs))
+        threshold, min_commit = step.threshold, step.min_commit
         if self.simulate_tpf is not None:  # nothing passes 2.0: the k most confident commit
-            thr, ks = [2.0] * S, [oracle_commits(self.simulate_tpf, s.block_steps) for s in seqs]
-        # an editing row's iteration is a post-step when it starts mask-free; past the budget
-        # it may not edit (threshold +inf), which settles the block
-        posts = [s.post_steps + (True not in u) for s, u in zip(seqs, undecided_rows,
-                                                                 strict=True)]
-        edits = None
-        if any(s.editing is not None for s in seqs):
-            ethr = [s.editing.threshold if s.editing is not None
-                    and n <= s.editing.max_post_steps else float("inf")
-                    for s, n in zip(seqs, posts, strict=True)]
-            edits = EditBatch(upload(ethr, torch.float32, dev),
-                              upload([self.generated(s) for s in seqs], torch.bool, dev),
-                              torch.zeros(S, self.block_size, dtype=torch.bool, device=dev))
-        threshold = upload(thr, torch.float32, dev)
-        min_commit = upload(ks, torch.long, dev)
+            threshold = torch.full_like(threshold, 2.0)
+            min_commit = upload([oracle_commits(self.simulate_tpf, s.block_steps)
+                                 for s in seqs], torch.long, rows.device)
         if chosen is not None:
-            committed = commit_chosen(*chosen, blocks, undecided, threshold, min_commit, edits)
+            committed = commit_chosen(*chosen, table.canvas, step.undecided, threshold,
+                                      min_commit, step.edits, rows)
         else:
             assert logits is not None
-            committed = self.accept_fn(logits, blocks, undecided, threshold=threshold,
-                                       min_commit=min_commit, mask_id=self.mask_id,
-                                       sampling=sampling_batch(seqs), edits=edits)
-        edited = edits.edited if edits is not None else torch.zeros_like(committed)
-        rows = read(torch.cat([blocks, committed.sum(1, keepdim=True),
-                               edited.sum(1, keepdim=True)], dim=1))  # [S, B + 2]: one read
-        counts = [r[-2] for r in rows]
-        for seq, r, n, u in zip(seqs, rows, posts, undecided_rows, strict=True):
-            seq.block, e = r[:-2], r[-1]
+            committed = self.accept_fn(logits, table.canvas, step.undecided,
+                                       threshold=threshold, min_commit=min_commit,
+                                       mask_id=self.mask_id, sampling=sampling_batch(seqs),
+                                       edits=step.edits, rows=rows)
+        edited = torch.zeros_like(committed)
+        if step.edits is not None:
+            table.count_posts(step)
+            edited = step.edits.edited
+        out = read(torch.cat([table.canvas[rows], committed.sum(1, keepdim=True),
+                              edited.sum(1, keepdim=True), step.posts[:, None]],
+                             dim=1))  # [S, B + 3]: the step's one read
+        counts = []
+        for seq, r in zip(seqs, out, strict=True):
+            seq.block = r[:B]
+            counts.append(r[B])
             if seq.editing is not None:
-                seq.post_steps, seq.block_edits = n, seq.block_edits + e
-                seq.block_settled = True not in u and e == 0
+                edits, posts = r[B + 1], r[B + 2]
+                seq.block_settled = posts > seq.post_steps and edits == 0  # mask-free, no edit
+                seq.post_steps, seq.block_edits = posts, seq.block_edits + edits
         return counts
+
+    def release(self, seq: Sequence) -> None:
+        self.table.release(seq)
 
     def generated(self, seq: Sequence) -> list[bool]:
         """Block positions past the prompt (the only ones an edit may touch)."""
@@ -266,6 +273,7 @@ class BlockDiffusion:
         p = seq.params
         n = accept_in_order(logits[first:], seq.block, first, seq.grammar,
                             self._threshold(seq), p.min_commit, row_sampling(seq))
+        seq.canvas_row_current = False  # the host rewrote the block
         if seq.grammar.terminated:
             seq.grammar = None  # complete: anything after its stop token is unconstrained
         return n
@@ -305,6 +313,7 @@ class BlockDiffusion:
         seq.block = [self.mask_id] * self.block_size
         seq.block_steps = seq.post_steps = seq.block_edits = 0
         seq.block_settled = False
+        seq.canvas_row_current = False
         seq.canvas_confidence = None
         if seq.levenshtein is not None:
             seq.levenshtein = LevenshteinState()
@@ -394,6 +403,9 @@ class Autoregressive:
 
     def advance(self, seq: Sequence) -> bool:
         return False
+
+    def release(self, seq: Sequence) -> None:
+        return None
 
     def frame(self, seq: Sequence) -> None:
         return None

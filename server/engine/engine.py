@@ -101,7 +101,7 @@ class Engine:
         group = self.group
         self.runner = (build_runner(cfg, plan, group.tp, group.device, group.channel.send_step)
                        if group else build_runner(cfg, plan))
-        self.mode, acceptance = build_mode(cfg, plan)
+        self.mode, acceptance = build_mode(cfg, plan, self.runner.kv.k.device)
         pages = self.runner.kv.num_pages
         self.max_model_len = fit_context(plan.max_model_len, cfg.max_model_len is not None,
                                          pages, plan.page_size)
@@ -255,6 +255,8 @@ class Engine:
         good: list[Segment] = []
         committed: list[int] = []
         culprits: list[EngineOutput] = []
+        for seg in batch.segments:  # the failed try may have rewritten device canvases
+            seg.seq.canvas_row_current = False
         for seg in batch.segments:
             try:
                 counts = self._run(Batch([seg], seg.num_tokens))

@@ -118,6 +118,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.kv.free(seq)
+        self.mode.release(seq)
         self.running.remove(seq)
         seq.status = SeqStatus.WAITING
         seq.stats.preemptions += 1
@@ -195,6 +196,7 @@ class Scheduler:
             self.running.remove(seq)
         if seq.page_table:
             self.kv.free(seq)
+        self.mode.release(seq)
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = reason
         seq.stats.output_tokens = seq.num_emitted

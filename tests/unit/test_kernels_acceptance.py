@@ -126,3 +126,38 @@ def test_edits_in_a_mixed_batch_equal_reference(seed: int, S: int, B: int, V: in
     assert torch.equal(out_edits.edited, ref_edits.edited)
     assert ref_edits.edited[1:].any(), "the case must exercise edits"
     assert not ref_edits.edited[0].any() and not (ref_edits.edited & ~editable).any()
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_rows_of_a_table_are_rewritten_in_place(impl: str) -> None:
+    """With `rows`, block s is row rows[s] of a [N, B] table (the engine's device-resident
+    canvases): those rows end exactly as a plain call leaves its [S, B] blocks, the others are
+    untouched; editing rows included."""
+    from unmask_kernels.acceptance.ref import EditBatch
+    from unmask_kernels.acceptance.triton_accept import accept_blocks as fused
+
+    S, B, V, N = 5, 16, 300, 9
+    logits, ids, undecided, thr, k = _case(21, S, B, V, torch.float32)
+    g = torch.Generator().manual_seed(22)
+    table = torch.randint(4, V, (N, B), generator=g)
+    rows = torch.tensor([7, 0, 4, 2, 8])
+    table[rows] = ids
+    ethr = torch.tensor([float("inf"), 0.0, 0.5, 0.2, float("inf")])
+
+    def edits() -> EditBatch:
+        return EditBatch(ethr, ~undecided, torch.zeros(S, B, dtype=torch.bool))
+
+    ref_block, ref_edits = ids.clone(), edits()
+    ref_committed = accept_blocks(logits.clone(), ref_block, undecided, thr, k, MASK,
+                                  edits=ref_edits)
+    fn = accept_blocks if impl == "torch" else fused
+    got_table, got_edits = table.clone(), edits()
+    committed = fn(logits.clone(), got_table, undecided, thr, k, MASK, edits=got_edits,
+                   rows=rows)
+    assert torch.equal(committed, ref_committed)
+    assert torch.equal(got_edits.edited, ref_edits.edited)
+    assert torch.equal(got_table[rows], ref_block)
+    others = torch.ones(N, dtype=torch.bool)
+    others[rows] = False
+    assert torch.equal(got_table[others], table[others])
+    assert ref_committed.any() and ref_edits.edited.any(), "the case must commit and edit"

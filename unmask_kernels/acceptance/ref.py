@@ -45,10 +45,15 @@ def accept_blocks(
     mask_id: int,
     sampling: SamplingBatch | None = None,
     edits: EditBatch | None = None,
+    rows: torch.Tensor | None = None,  # [S] long: block s is block_ids[rows[s]] (see below)
 ) -> torch.Tensor:  # committed [S, B] bool
+    """With `rows`, `block_ids` is a table [N, B] of blocks (the engine's device-resident
+    canvases) and block s of the batch is its row rows[s], read and rewritten in place; the
+    other rows are untouched."""
     logits[..., mask_id] = -torch.inf
     tokens, conf = _choose(logits, sampling)  # [S, B] each
-    return commit_chosen(tokens, conf, block_ids, undecided, threshold, min_commit, edits)
+    return commit_chosen(tokens, conf, block_ids, undecided, threshold, min_commit, edits,
+                         rows)
 
 
 def commit_chosen(
@@ -59,8 +64,14 @@ def commit_chosen(
     threshold: torch.Tensor,  # [S] fp32
     min_commit: torch.Tensor,  # [S] long
     edits: EditBatch | None = None,
+    rows: torch.Tensor | None = None,  # [S] long: as in `accept_blocks`
 ) -> torch.Tensor:  # committed [S, B] bool
     """The rule after the choice: edits, then threshold commits with the min-commit guard."""
+    if rows is not None:
+        blocks = block_ids[rows]  # [S, B]
+        committed = commit_chosen(tokens, conf, blocks, undecided, threshold, min_commit, edits)
+        block_ids[rows] = blocks
+        return committed
     if edits is not None:
         edits.edited.copy_(edits.editable & ~undecided & (tokens != block_ids)
                            & (conf > edits.threshold[:, None]))

@@ -58,9 +58,9 @@ def _row_partials(logits_ptr, row_stride, V, mask_id, chunk,
 @triton.jit
 def _select(m_ptr, s_ptr, idx_ptr, given_ptr, given_tok_ptr, given_conf_ptr,
             ids_ptr, undecided_ptr, thr_ptr, k_ptr, committed_ptr, tok_ptr, conf_ptr,
-            counts_ptr, done_ptr, editable_ptr, ethr_ptr, edited_ptr, B, NSPLIT: tl.constexpr,
-            BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, HAS_GIVEN: tl.constexpr,
-            EDIT: tl.constexpr):
+            counts_ptr, done_ptr, editable_ptr, ethr_ptr, edited_ptr, table_rows_ptr, B,
+            NSPLIT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+            HAS_GIVEN: tl.constexpr, EDIT: tl.constexpr, HAS_ROWS: tl.constexpr):
     seq = tl.program_id(0)
     b = tl.arange(0, BLOCK_B)
     n = tl.arange(0, BLOCK_N)
@@ -83,7 +83,11 @@ def _select(m_ptr, s_ptr, idx_ptr, given_ptr, given_tok_ptr, given_conf_ptr,
         tok = tl.where(g, tl.load(given_tok_ptr + rows, mask=in_b, other=0).to(tl.int32), tok)
         conf = tl.where(g, tl.load(given_conf_ptr + rows, mask=in_b, other=0.0), conf)
     und = (tl.load(undecided_ptr + rows, mask=in_b, other=0) != 0) & in_b
-    ids = tl.load(ids_ptr + rows, mask=in_b, other=0)
+    if HAS_ROWS:  # noqa: SIM108 - constexpr branch; block s is row table_rows[s] of [N, B]
+        cells = tl.load(table_rows_ptr + seq).to(tl.int64) * B + b
+    else:
+        cells = rows.to(tl.int64)
+    ids = tl.load(ids_ptr + cells, mask=in_b, other=0)
     if EDIT:  # T2T: same (token, confidence) as M2T, on editable positions only
         editable = (tl.load(editable_ptr + rows, mask=in_b, other=0) != 0) & in_b & ~und
         edited = editable & (tok.to(ids.dtype) != ids) & (conf > tl.load(ethr_ptr + seq))
@@ -100,7 +104,7 @@ def _select(m_ptr, s_ptr, idx_ptr, given_ptr, given_tok_ptr, given_conf_ptr,
     beats = (cj > ci) | ((cj == ci) & (b[None, :] < b[:, None]))  # j ranks before i
     rank = tl.sum((beats & und[None, :]).to(tl.int32), axis=1)
     chosen = tl.where(n_above >= k, above, rank < k) & und
-    tl.store(ids_ptr + rows, tl.where(chosen, tok.to(ids.dtype), ids), mask=in_b)
+    tl.store(ids_ptr + cells, tl.where(chosen, tok.to(ids.dtype), ids), mask=in_b)
     tl.store(committed_ptr + rows, chosen.to(tl.int8), mask=in_b)
     tl.store(tok_ptr + rows, tok, mask=in_b)
     tl.store(conf_ptr + rows, conf, mask=in_b)
@@ -137,7 +141,10 @@ def fused_accept(
     num_splits: int | None = None,
     block_v: int = BLOCK_V,
     edits: EditBatch | None = None,
+    rows: torch.Tensor | None = None,
 ) -> AcceptOutput:
+    """With `rows` [S] long, `block_ids` is a [N, B] table and block s is its row rows[s]
+    (as in `ref.accept_blocks`): the kernel reads and rewrites that row in place."""
     S, B, V = logits.shape
     dev = logits.device
     if logits.stride(2) != 1:
@@ -178,9 +185,10 @@ def fused_accept(
     _select[(S,)](m, s, idx, given, given_tok, given_conf, block_ids,
                   undecided.view(torch.int8), threshold.float().contiguous(),
                   min_commit.contiguous(), committed, tokens, conf, counts, done,
-                  editable, ethr, edited, B, NSPLIT=ns, BLOCK_B=triton.next_power_of_2(B),
+                  editable, ethr, edited, rows.contiguous() if rows is not None else counts,
+                  B, NSPLIT=ns, BLOCK_B=triton.next_power_of_2(B),
                   BLOCK_N=triton.next_power_of_2(ns), HAS_GIVEN=given is not m,
-                  EDIT=edits is not None)
+                  EDIT=edits is not None, HAS_ROWS=rows is not None)
     if edits is not None:
         edits.edited.copy_(edited.view(torch.bool))
     return AcceptOutput(committed.view(torch.bool), counts, done.view(torch.bool), tokens,
@@ -189,8 +197,8 @@ def fused_accept(
 
 def accept_blocks(logits: torch.Tensor, block_ids: torch.Tensor, undecided: torch.Tensor,
                   threshold: torch.Tensor, min_commit: torch.Tensor, mask_id: int,
-                  sampling: SamplingBatch | None = None, edits: EditBatch | None = None
-                  ) -> torch.Tensor:
+                  sampling: SamplingBatch | None = None, edits: EditBatch | None = None,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
     """Drop-in for `ref.accept_blocks` (committed [S, B] bool); logits are not modified."""
     return fused_accept(logits, block_ids, undecided, threshold, min_commit, mask_id,
-                        sampling, edits=edits).committed
+                        sampling, edits=edits, rows=rows).committed
