@@ -483,6 +483,7 @@ class Check:
                                "graph_replayed_steps": (replayed if getattr(
                                    runner, "replays", None) is not None else None),
                                "host_syncs_per_step": syncs.get("syncs"),
+                               "host_round_trips_per_step": syncs.get("round_trips"),
                                "host_sync_examples": syncs.get("examples", [])}
         if profile:
             rows, text, attn, wall = profile_steps(engine, p.device, 3)

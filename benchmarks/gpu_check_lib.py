@@ -195,13 +195,18 @@ def profile_steps(engine: Any, device: str, steps: int) -> tuple[list[dict[str, 
 
 
 def count_syncs(engine: Any, device: str) -> dict[str, Any]:
-    """Synchronizing CUDA calls in one `engine.step()` (torch's sync debug mode warnings)."""
+    """Synchronizing CUDA calls in one `engine.step()` (torch's sync debug mode warnings; the
+    step's read is an event wait on a pinned copy, which it does not flag) and the step's
+    counted round trips (`server.transfer.read`/`read_later`)."""
     import warnings
 
     import torch
 
+    from server.transfer import ROUND_TRIPS
+
     if device != "cuda":
         return {"status": "skipped", "reason": "torch.cuda.set_sync_debug_mode needs CUDA"}
+    before = ROUND_TRIPS.count
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -210,4 +215,5 @@ def count_syncs(engine: Any, device: str) -> dict[str, Any]:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     msgs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
-    return {"status": "ok", "syncs": len(msgs), "examples": sorted(set(msgs))[:3]}
+    return {"status": "ok", "syncs": len(msgs), "round_trips": ROUND_TRIPS.count - before,
+            "examples": sorted(set(msgs))[:3]}

@@ -3,9 +3,11 @@
 `upload` stages host values in pinned memory and copies them asynchronously: it never waits for
 the GPU work already queued (a copy from pageable memory would). `read` is the blocking
 device→host copy, a round trip that drains the queue; every one the engine makes goes through
-it and is counted in `ROUND_TRIPS`. A step of plain rows (no log-probabilities, canvas frames,
-grammars or LLaDA2.2 edits) makes exactly one (tests/unit/test_step_layout.py); each of those
-features adds one read of its own."""
+it and is counted in `ROUND_TRIPS`. `read_later` queues the same copy into pinned memory and
+returns at once; its `wait` is the round trip, so the host can do other work (emit the last
+step's outputs, take new requests) while the GPU finishes the step. A step of plain rows (no
+log-probabilities, canvas frames, grammars or LLaDA2.2 edits) makes exactly one
+(tests/unit/test_step_layout.py); each of those features adds one read of its own."""
 
 from __future__ import annotations
 
@@ -32,7 +34,30 @@ def upload(values: Any, dtype: torch.dtype | None, device: torch.device) -> torc
     return t.pin_memory().to(device, non_blocking=True)
 
 
+class PendingRead:
+    """A device→host copy in flight; `wait()` blocks until it lands (the counted round trip)."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self._event: torch.cuda.Event | None = None
+        self._host = t
+        if t.device.type == "cuda":
+            self._host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            self._host.copy_(t, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def wait(self) -> Any:
+        ROUND_TRIPS.count += 1
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()
+
+
+def read_later(t: torch.Tensor) -> PendingRead:
+    """Start reading `t` (the queue goes on); `.wait()` gives `t.tolist()`."""
+    return PendingRead(t)
+
+
 def read(t: torch.Tensor) -> Any:
     """`t.tolist()`: the counted round trip."""
-    ROUND_TRIPS.count += 1
-    return t.tolist()
+    return PendingRead(t).wait()

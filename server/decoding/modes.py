@@ -36,10 +36,14 @@ from server.decoding.logits import (
     wants_prompt_logprobs,
 )
 from server.grammar.accept import accept_in_order
-from server.transfer import read, upload
+from server.transfer import read_later, upload
 from unmask_kernels import accept_blocks, commit_chosen
 
 AcceptFn = Callable[..., torch.Tensor]  # `accept_blocks`' signature: committed [S, B] bool
+# The host side of a step's acceptance, run once the step's read has landed: it updates the
+# sequences' host state and returns the tokens committed per logit segment. Until it runs the
+# device work may still be in flight (the engine emits the previous step's outputs meanwhile).
+Finish = Callable[[], list[int]]
 
 
 class DecodeMode(Protocol):
@@ -56,9 +60,9 @@ class DecodeMode(Protocol):
         """Everything this sequence still needs forwarded, from `num_cached` on."""
         ...
 
-    def accept(self, segments: list[Segment], logits: Logits) -> list[int]:
-        """Commit tokens from `logits` (rows in segment order); returns tokens committed each.
-        `GreedyRows` only where `greedy_suffices` said so."""
+    def accept(self, segments: list[Segment], logits: Logits) -> Finish:
+        """Queue acceptance of `logits` (rows in segment order); the returned `Finish` gives
+        the tokens committed each. `GreedyRows` only where `greedy_suffices` said so."""
         ...
 
     def greedy_suffices(self, segments: list[Segment]) -> bool:
@@ -161,16 +165,20 @@ class BlockDiffusion:
         # LLaDA2.2 rows need the runner-up and the edit ids' logits (docs/llada22.md)
         return self.edit_ids is None and all(plain_greedy(s.seq) for s in segments)
 
-    def accept(self, segments: list[Segment], logits: Logits) -> list[int]:
+    def accept(self, segments: list[Segment], logits: Logits) -> Finish:
         seqs = [s.seq for s in segments]
         S, B = len(seqs), self.block_size
         if isinstance(logits, GreedyRows):  # greedy_suffices: nothing below needs the rows
             conf = logits.confidence.view(S, B)
             before = [list(s.block) if s.params.canvas and s.block is not None else None
                       for s in seqs]
-            counts = self._accept_free(seqs, None, (logits.token.view(S, B), conf))
-            record_canvas(seqs, None, before, self.mask_id, greedy_conf=conf)
-            return counts
+            greedy = self._accept_free(seqs, None, (logits.token.view(S, B), conf))
+
+            def finish_greedy() -> list[int]:
+                counts = greedy()
+                record_canvas(seqs, None, before, self.mask_id, greedy_conf=conf)
+                return counts
+            return finish_greedy
         logits = in_working_dtype(seqs, logits.view(S, B, -1))
         before = [list(s.block) if (s.params.logprobs is not None or s.params.canvas)
                   and s.block is not None else None for s in seqs]
@@ -181,25 +189,27 @@ class BlockDiffusion:
                 cols = [self.edit_ids.delete, self.edit_ids.split]
                 logits[upload(plain, None, logits.device)[:, None, None], :,
                        upload(cols, None, logits.device)] = -torch.inf
-        counts = self._accept_rows(seqs, logits)
-        written = [[o for o, (a, b) in enumerate(zip(old, s.block, strict=True)) if a != b]
-                   if old is not None and s.block is not None else []
-                   for s, old in zip(seqs, before, strict=True)]
-        record_logprobs(seqs, logits, written, self.mask_id)
-        record_canvas(seqs, logits, before, self.mask_id)
-        return counts
+        rows = self._accept_rows(seqs, logits)
 
-    def _accept_rows(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+        def finish() -> list[int]:
+            counts = rows()
+            written = [[o for o, (a, b) in enumerate(zip(old, s.block, strict=True)) if a != b]
+                       if old is not None and s.block is not None else []
+                       for s, old in zip(seqs, before, strict=True)]
+            record_logprobs(seqs, logits, written, self.mask_id)
+            record_canvas(seqs, logits, before, self.mask_id)
+            return counts
+        return finish
+
+    def _accept_rows(self, seqs: list[Sequence], logits: torch.Tensor) -> Finish:
         S = len(seqs)
         free = [i for i, s in enumerate(seqs) if s.grammar is None and s.levenshtein is None]
         if len(free) == S:  # no grammar or 2.2 editing in this step: the batched rule, untouched
             return self._accept_free(seqs, logits)
         counts = [0] * S
-        if free:
-            rows = upload(free, None, logits.device)
-            for i, n in zip(free, self._accept_free([seqs[i] for i in free], logits[rows]),
-                            strict=True):
-                counts[i] = n
+        free_rows = (self._accept_free([seqs[i] for i in free],
+                                       logits[upload(free, None, logits.device)])
+                     if free else None)
         lev = [i for i, s in enumerate(seqs) if s.levenshtein is not None]
         if lev:  # one pass and one host read for every LLaDA2.2 editing row
             assert self.edit_ids is not None
@@ -213,10 +223,16 @@ class BlockDiffusion:
         for i, seq in enumerate(seqs):
             if seq.grammar is not None:
                 counts[i] = self._accept_constrained(seq, logits[i])
-        return counts
+
+        def finish() -> list[int]:
+            if free_rows is not None:
+                for i, n in zip(free, free_rows(), strict=True):
+                    counts[i] = n
+            return counts
+        return finish
 
     def _accept_free(self, seqs: list[Sequence], logits: torch.Tensor | None,
-                     chosen: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[int]:
+                     chosen: tuple[torch.Tensor, torch.Tensor] | None = None) -> Finish:
         """logits [S, B, V], or the greedy (token, confidence) [S, B] each already `chosen`:
         confidence-threshold acceptance anywhere in each block, and the token-to-token edits
         of editing rows, on the device-resident canvases (`CanvasTable`); one host read."""
@@ -241,18 +257,21 @@ class BlockDiffusion:
         if step.edits is not None:
             table.count_posts(step)
             edited = step.edits.edited
-        out = read(torch.cat([table.canvas[rows], committed.sum(1, keepdim=True),
-                              edited.sum(1, keepdim=True), step.posts[:, None]],
-                             dim=1))  # [S, B + 3]: the step's one read
-        counts = []
-        for seq, r in zip(seqs, out, strict=True):
-            seq.block = r[:B]
-            counts.append(r[B])
-            if seq.editing is not None:
-                edits, posts = r[B + 1], r[B + 2]
-                seq.block_settled = posts > seq.post_steps and edits == 0  # mask-free, no edit
-                seq.post_steps, seq.block_edits = posts, seq.block_edits + edits
-        return counts
+        pending = read_later(torch.cat([table.canvas[rows], committed.sum(1, keepdim=True),
+                                        edited.sum(1, keepdim=True), step.posts[:, None]],
+                                       dim=1))  # [S, B + 3]: the step's one read
+
+        def finish() -> list[int]:
+            counts = []
+            for seq, r in zip(seqs, pending.wait(), strict=True):
+                seq.block = r[:B]
+                counts.append(r[B])
+                if seq.editing is not None:
+                    edits, posts = r[B + 1], r[B + 2]
+                    seq.block_settled = posts > seq.post_steps and edits == 0  # no mask, no edit
+                    seq.post_steps, seq.block_edits = posts, seq.block_edits + edits
+            return counts
+        return finish
 
     def release(self, seq: Sequence) -> None:
         self.table.release(seq)
@@ -354,13 +373,17 @@ class Autoregressive:
     def greedy_suffices(self, segments: list[Segment]) -> bool:
         return all(plain_greedy(s.seq) and not wants_prompt_logprobs(s.seq) for s in segments)
 
-    def accept(self, segments: list[Segment], logits: Logits) -> list[int]:
+    def accept(self, segments: list[Segment], logits: Logits) -> Finish:
         """logits [rows, V]: one row per segment, or a whole prompt's for a sequence that
         wants prompt logprobs (its rows before the last predict prompt tokens 1..P-1)."""
         if isinstance(logits, GreedyRows):  # greedy_suffices: one row per segment
-            for seg, t in zip(segments, read(logits.token), strict=True):
-                seg.seq.tokens.append(t)
-            return [1] * len(segments)
+            greedy = read_later(logits.token)
+
+            def finish_greedy() -> list[int]:
+                for seg, t in zip(segments, greedy.wait(), strict=True):
+                    seg.seq.tokens.append(t)
+                return [1] * len(segments)
+            return finish_greedy
         rows = [s.end - (s.logits_start if s.logits_start is not None else s.end - 1)
                 for s in segments]
         if any(r > 1 for r in rows):
@@ -393,10 +416,14 @@ class Autoregressive:
 
                 tokens[i] = sample_rows(logits[i : i + 1], s.params.temperature,
                                         s.params.top_k, s.params.top_p, s.generator)[0][0]
-        for seq, t in zip(seqs, read(tokens), strict=True):
-            seq.tokens.append(t)
-        record_logprobs(seqs, logits[:, None], [[0]] * len(seqs), None)
-        return [1] * len(seqs)
+        pending = read_later(tokens)
+
+        def finish() -> list[int]:
+            for seq, t in zip(seqs, pending.wait(), strict=True):
+                seq.tokens.append(t)
+            record_logprobs(seqs, logits[:, None], [[0]] * len(seqs), None)
+            return [1] * len(seqs)
+        return finish
 
     def output_ids(self, seq: Sequence) -> list[int]:
         return seq.tokens[seq.prompt_len:]

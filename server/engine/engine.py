@@ -1,4 +1,7 @@
-"""`Engine`: the step loop's owner. One `step()` = schedule → forward → accept → update."""
+"""`Engine`: the step loop's owner. One `step()` = schedule → forward → accept → update, in two
+halves: `begin()` schedules and queues the device work, `complete()` waits for the step's read
+and updates. The host loop runs them apart (`server.engine.host`): it emits a step's outputs
+and takes new requests while the next step runs on the device."""
 
 from __future__ import annotations
 
@@ -18,11 +21,12 @@ from server.core import (
     FinishReason,
     GenerateRequest,
     Segment,
+    SeqStatus,
     StepResult,
     StepStats,
 )
 from server.decoding.build import build_mode
-from server.decoding.modes import BlockDiffusion
+from server.decoding.modes import BlockDiffusion, Finish
 from server.distributed.launch import start_group
 from server.grammar.waiting import GrammarWaitingRoom
 from server.kv_cache.manager import KVManager
@@ -40,6 +44,20 @@ CULPRIT_ERROR = ("internal engine error while processing this request; it was fa
                  "and the other requests went on")
 _FAULT_TOKEN: int | None = int(os.environ[FAULT_TOKEN_ENV]) if os.environ.get(
     FAULT_TOKEN_ENV) else None
+
+
+def _no_rows() -> list[int]:
+    return []
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A step between `Engine.begin` and `Engine.complete`."""
+
+    batch: Batch
+    finish: Finish  # waits for the step's read; tokens committed per logit segment
+    failed: list[EngineOutput]  # outputs already known (grammar failures, culprits)
+    t0: float
 
 
 @dataclass(frozen=True)
@@ -215,35 +233,57 @@ class Engine:
         return [o for o in outs if o is not None]
 
     # -- the step -------------------------------------------------------------------------
-    @torch.inference_mode()
     def step(self) -> StepResult:
+        return self.complete(self.begin())
+
+    @torch.inference_mode()
+    def begin(self) -> InFlight:
+        """Schedule and queue this step's forward and acceptance. Until `complete`, requests
+        may be added and aborted (an aborted one's results are dropped); nothing else."""
         t0 = time.perf_counter()
         self.scheduler.stats = StepStats()
         failed = self._admit_grammars()
         batch = self.scheduler.schedule()
         try:
-            committed = self._run(batch)
+            finish = self._run(batch)
         except Exception:  # noqa: BLE001 - find the culprit, fail it alone, go on
-            if self.group is not None:  # the ranks are mid-step: nothing can be retried
-                raise
-            log.exception("engine step failed; retrying its %d requests one by one",
-                          len(batch.segments))
-            batch, committed, culprits = self._isolate(batch)
+            batch, finish, culprits = self._recover(batch)
+            failed += culprits
+        return InFlight(batch, finish, failed, t0)
+
+    @torch.inference_mode()
+    def complete(self, step: InFlight) -> StepResult:
+        """Wait for `step`'s read, update the sequences; the step's outputs and statistics."""
+        batch, failed = step.batch, step.failed
+        try:
+            committed = step.finish()
+        except Exception:  # noqa: BLE001 - a device error surfaces at the read
+            batch, finish, culprits = self._recover(batch)
+            committed = finish()
             failed += culprits
         outputs = failed + self.scheduler.update(batch, committed)
-        return StepResult(outputs, self._stats(batch, t0))
+        return StepResult(outputs, self._stats(batch, step.t0))
 
-    def _run(self, batch: Batch) -> list[int]:
-        """Forward and acceptance; tokens committed per logit segment."""
+    def _recover(self, batch: Batch) -> tuple[Batch, Finish, list[EngineOutput]]:
+        if self.group is not None:  # the ranks are mid-step: nothing can be retried
+            raise
+        log.exception("engine step failed; retrying its %d requests one by one",
+                      len(batch.segments))
+        good, committed, culprits = self._isolate(batch)
+        return good, lambda: committed, culprits
+
+    def _run(self, batch: Batch) -> Finish:
+        """Queue forward and acceptance; its `Finish` gives tokens committed per logit
+        segment."""
         if not batch.segments:
-            return []
+            return _no_rows
         if _FAULT_TOKEN is not None and any(_FAULT_TOKEN in s.seq.req.prompt_ids
                                             for s in batch.segments):
             raise RuntimeError("injected test fault")
         greedy = self.group is not None and self.mode.greedy_suffices(batch.logit_segments)
         logits = self.runner.forward(batch, greedy)
         if not batch.logit_segments:
-            return []
+            return _no_rows
         return self.mode.accept(batch.logit_segments, logits)
 
     def _isolate(self, batch: Batch) -> tuple[Batch, list[int], list[EngineOutput]]:
@@ -258,8 +298,10 @@ class Engine:
         for seg in batch.segments:  # the failed try may have rewritten device canvases
             seg.seq.canvas_row_current = False
         for seg in batch.segments:
+            if seg.seq.status is SeqStatus.FINISHED:
+                continue  # aborted while the step was in flight: its pages are gone
             try:
-                counts = self._run(Batch([seg], seg.num_tokens))
+                counts = self._run(Batch([seg], seg.num_tokens))()
             except Exception:  # noqa: BLE001
                 log.exception("request %s fails the step on its own; failing it", seg.seq.rid)
                 out = self.scheduler.abort(seg.seq.rid, FinishReason.ERROR, CULPRIT_ERROR)

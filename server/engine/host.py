@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from server.core import EngineOutput, FinishReason, GenerateRequest, StepStats
 
 if TYPE_CHECKING:
-    from server.engine.engine import Engine, EngineInfo
+    from server.engine.engine import Engine, EngineInfo, InFlight
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0  # a multi-rank engine's idle tick (keep-alive, rank watch)
@@ -122,10 +122,15 @@ def run_host(make_engine: Callable[[], Engine], inbox: Inbox, emit: Emit) -> int
 
 
 def _serve(engine: Engine, inbox: Inbox, emit: Emit) -> int:
+    """Each turn: take messages, complete the step in flight, begin the next one, then emit
+    the completed step's outputs; so emitting them and taking the next messages overlap the
+    next step's device work. (Step n+1's scheduling cannot overlap step n: which blocks
+    finished, and so what step n+1 forwards, is what step n's read says.)"""
     idle_wait = TICK_S if engine.world_size > 1 else None
+    flight: InFlight | None = None
     while True:
         try:
-            msgs = _receive(inbox, 0 if engine.has_work() else idle_wait)
+            msgs = _receive(inbox, 0 if flight is not None or engine.has_work() else idle_wait)
         except (EOFError, OSError):  # the sending side is gone: nobody waits for results
             engine.close()
             return 0
@@ -137,10 +142,13 @@ def _serve(engine: Engine, inbox: Inbox, emit: Emit) -> int:
                 emit(Outputs([out], engine.snapshot()))
         try:
             engine.tick()
+            done, flight = (engine.complete(flight) if flight is not None else None), None
             if engine.has_work():
-                result = engine.step()
-                emit(Outputs(result.outputs, result.stats))
+                flight = engine.begin()
+            if done is not None:
+                emit(Outputs(done.outputs, done.stats))
         except Exception:  # noqa: BLE001 - see the module docstring
+            flight = None
             err = traceback.format_exc()
             log.error("engine step failed:\n%s", err)
             if engine.world_size > 1:

@@ -128,11 +128,15 @@ class Scheduler:
     def update(self, batch: Batch, committed: list[int]) -> list[EngineOutput]:
         """After the forward and acceptance: persist/seal KV, stop checks, emit, advance."""
         for seg in batch.segments:
+            if seg.seq.status is SeqStatus.FINISHED:
+                continue  # aborted while the step was in flight (already reported)
             seg.seq.num_cached = seg.cache_end
             self.kv.seal(seg.seq)
         outputs = []
         for seg, n in zip(batch.logit_segments, committed, strict=True):
             seq = seg.seq
+            if seq.status is SeqStatus.FINISHED:
+                continue
             seq.stats.steps += 1
             seq.block_steps += 1
             self.stats.tokens_committed += n

@@ -19,6 +19,7 @@ from server.engine.engine import Engine
 from server.engine.llm import engine_config
 from server.runner.cuda_graphs import GraphedRunner
 from server.tiny import make_tiny_model
+from server.transfer import ROUND_TRIPS
 
 pytestmark = pytest.mark.gpu
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12] * 40, [13], list(range(100, 170))]
@@ -97,7 +98,7 @@ def _compare_step(eng: Engine, runner: GraphedRunner, tol: float) -> None:
             scale = eager.float().abs().max().item()
             diff = (graphed.float() - eager.float()).abs().max().item()
             assert diff <= tol * max(scale, 1.0), (diff, scale)
-            committed = eng.mode.accept(batch.logit_segments, graphed)
+            committed = eng.mode.accept(batch.logit_segments, graphed)()
     eng.scheduler.update(batch, committed)
 
 
@@ -124,7 +125,8 @@ def test_torch_moe_loop_turns_graphs_off(llada: Path) -> None:
 
 
 def test_steady_step_syncs_once(llada: Path) -> None:
-    """After warm-up (graphs captured), a plain step blocks on the GPU exactly once."""
+    """After warm-up (graphs captured), a plain step blocks on the GPU once: its read (an
+    event wait on a pinned copy, which the sync debug mode does not flag; nothing else may)."""
     eng = _engine(llada, dtype="bfloat16")
     for i, p in enumerate(PROMPTS):
         eng.add_request(GenerateRequest(f"r{i}", tuple(p), SamplingParams(
@@ -133,6 +135,7 @@ def test_steady_step_syncs_once(llada: Path) -> None:
         eng.step()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
+    before = ROUND_TRIPS.count
     try:
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
@@ -140,7 +143,7 @@ def test_steady_step_syncs_once(llada: Path) -> None:
     finally:
         torch.cuda.set_sync_debug_mode(0)
     syncs = [str(w.message) for w in seen if "synchroniz" in str(w.message).lower()]
-    assert len(syncs) == 1, syncs
+    assert len(syncs) <= 1 and ROUND_TRIPS.count - before == 1, syncs
 
 
 def test_profiled_memory_refuses_a_pool_without_room(llada: Path) -> None:

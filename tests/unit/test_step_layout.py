@@ -54,10 +54,11 @@ def _graphed(llm: LLM) -> GraphedRunner:
 
 
 def _serving_mix(eng: Engine, c: int, seed: int) -> tuple[dict[str, list[int]], list[int],
-                                                           list[int]]:
+                                                           list[int], int]:
     """1.5c requests arriving a few per step: prompts of 5..300 tokens (prefill chunks and
     prefix hits), 40..130 new tokens (block completions), every third with LLaDA2.1 editing.
-    Returns the outputs, and per step the round trips and whether it had logit rows."""
+    Returns the outputs, per step the round trips and whether it had logit rows, and the
+    number of blocks completed plus preemptions."""
     rng = random.Random(seed)
     shared = [rng.randrange(100, 800) for _ in range(64)]  # a common system prompt
     pending = []
@@ -70,6 +71,7 @@ def _serving_mix(eng: Engine, c: int, seed: int) -> tuple[dict[str, list[int]], 
     out: dict[str, list[int]] = {}
     trips: list[int] = []
     with_logits: list[int] = []
+    events = 0
     while pending or eng.has_work():
         for _ in range(rng.randrange(0, 1 + max(1, c // 8))):
             if pending:
@@ -78,9 +80,10 @@ def _serving_mix(eng: Engine, c: int, seed: int) -> tuple[dict[str, list[int]], 
         result = eng.step()
         trips.append(ROUND_TRIPS.count - before)
         with_logits.append(result.stats.num_logit_rows)
+        events += result.stats.blocks_completed + result.stats.num_preempted
         for o in result.outputs:
             out.setdefault(o.rid, []).extend(o.new_token_ids)
-    return out, trips, with_logits
+    return out, trips, with_logits, events
 
 
 @pytest.mark.parametrize("c", [16, 64, 128])
@@ -88,7 +91,7 @@ def test_serving_mix_graphs_pads_little_one_round_trip(tiny_llada2_peaky: Path, 
     llm = LLM(str(tiny_llada2_peaky), device="cpu", num_pages=4096, max_running_requests=c,
               max_model_len=512, attention_backend="paged")
     runner = _graphed(llm)
-    out, trips, with_logits = _serving_mix(llm.engine, c, seed=c)
+    out, trips, with_logits, events = _serving_mix(llm.engine, c, seed=c)
     steps = sum(1 for n in with_logits if n)
     eligible = runner.replays / (runner.replays + runner.eager_steps)
     padding = runner.rows_padding / runner.rows_forwarded
@@ -97,6 +100,11 @@ def test_serving_mix_graphs_pads_little_one_round_trip(tiny_llada2_peaky: Path, 
     assert steps > 50 and len(out) == 3 * c // 2
     assert eligible >= 0.95 and padding < 0.10
     assert all(t == (1 if n else 0) for t, n in zip(trips, with_logits, strict=True)), trips
+    # the blocks live on the device: a row is uploaded when a sequence starts (or restarts
+    # after preemption) and when it starts a new block, never on a step of a block under way
+    uploaded = llm.engine.mode.table.rows_uploaded  # type: ignore[union-attr]
+    print(f"c={c}: {uploaded} canvas rows uploaded for {sum(with_logits)} logit rows")
+    assert uploaded <= len(out) + events
     if c == 16:  # the layout changes nothing: the eager engine gives the same tokens
         eager = LLM(str(tiny_llada2_peaky), device="cpu", num_pages=4096,
                     max_running_requests=c, max_model_len=512)
