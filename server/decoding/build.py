@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from server.config import EngineConfig
+from server.decoding.autoregressive import Autoregressive
 from server.decoding.canvas_table import CanvasTable
+from server.decoding.diffusion import BlockDiffusion
 from server.decoding.levenshtein import EditIds
-from server.decoding.modes import Autoregressive, BlockDiffusion, DecodeMode
+from server.decoding.modes import DecodeMode
 from server.startup import StartupPlan
 from unmask_kernels.registry import resolve
 

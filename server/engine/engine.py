@@ -26,7 +26,8 @@ from server.core import (
     StepStats,
 )
 from server.decoding.build import build_mode
-from server.decoding.modes import BlockDiffusion, Finish
+from server.decoding.diffusion import BlockDiffusion
+from server.decoding.modes import Finish
 from server.distributed.launch import start_group
 from server.grammar.waiting import GrammarWaitingRoom
 from server.kv_cache.manager import KVManager

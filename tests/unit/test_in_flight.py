@@ -10,7 +10,7 @@ from pathlib import Path
 
 from server import LLM
 from server.core import FinishReason, GenerateRequest, SamplingParams
-from server.decoding.modes import BlockDiffusion
+from server.decoding.diffusion import BlockDiffusion
 from server.engine.engine import Engine
 
 PROMPTS = [[101, 102, 103] * 9, [300 + i for i in range(40)], [7, 8, 9], [500, 501] * 20]

@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from server import LLM, SamplingParams  # noqa: E402
-from server.decoding.modes import oracle_commits  # noqa: E402
+from server.decoding.diffusion import oracle_commits  # noqa: E402
 
 
 def _generate(model: Path, max_tokens: int, **opts: object) -> tuple[list[int], LLM]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from server.config import SchedulerConfig
 from server.core import GenerateRequest, SamplingParams, SeqStatus
-from server.decoding.modes import BlockDiffusion
+from server.decoding.diffusion import BlockDiffusion
 from server.kv_cache.manager import KVManager
 from server.kv_cache.page_pool import PagePool
 from server.scheduler.scheduler import Scheduler
