@@ -64,3 +64,44 @@ def test_add_and_abort_while_a_step_is_in_flight(tiny_llada2_peaky: Path) -> Non
         assert isinstance(eng.mode, BlockDiffusion)
         table = eng.mode.table
         assert sorted(table._free) == list(range(table.canvas.shape[0]))  # every row back
+
+
+def test_host_loop_emits_while_the_next_step_is_in_flight(tiny_llada2_peaky: Path) -> None:
+    """The real host loop (`EngineThread`): when step n's outputs are emitted, step n+1 has
+    already begun (`begin` gives the scheduler a fresh statistics object), except after the
+    last step; the outputs equal lone runs'."""
+    import threading
+
+    from server.engine.host import EngineThread
+    from server.engine.llm import engine_config
+
+    reqs = _requests(None)
+    solo = LLM(str(tiny_llada2_peaky), device="cpu", num_pages=256).engine
+    want = {r.rid: _alone(solo, r) for r in reqs}
+    engines: list[Engine] = []
+    got: dict[str, list[int]] = {}
+    begun: list[bool] = []
+    done = threading.Event()
+
+    def make() -> Engine:
+        engines.append(Engine(engine_config(str(tiny_llada2_peaky), device="cpu",
+                                            num_pages=256)))
+        return engines[0]
+
+    def on_step(outputs: list, stats: object) -> None:
+        begun.append(engines[0].scheduler.stats is not stats)
+        for o in outputs:
+            got.setdefault(o.rid, []).extend(o.new_token_ids)
+        if sum(o.finished for o in outputs) and all(
+                r.rid in got for r in reqs) and not engines[0].has_work():
+            done.set()
+
+    thread = EngineThread(make, on_step)
+    try:
+        for r in reqs:
+            thread.add_request(r)
+        assert done.wait(120)
+    finally:
+        thread.shutdown()
+    assert got == want
+    assert begun[-1] is False and sum(begun) >= len(begun) - 2, begun
