@@ -44,7 +44,7 @@ class PendingRead:
             self._host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
             self._host.copy_(t, non_blocking=True)
             self._event = torch.cuda.Event()
-            self._event.record()
+            self._event.record(torch.cuda.current_stream(t.device))  # the copy's stream
 
     def wait(self) -> Any:
         ROUND_TRIPS.count += 1

@@ -70,12 +70,14 @@ class CanvasTable:
 
     def _pack(self, seq: Sequence, threshold: float) -> list[float]:
         """One float64 row (ids and counters are exact in it): row, first generated position,
-        threshold, min_commit, editing threshold, editing budget, post-steps, block ids."""
+        threshold, min_commit, editing threshold, editing budget, post-steps, block ids.
+        min_commit is capped at B and the budget at 2^52: the same rule, exact in float64."""
         assert seq.block is not None and seq.canvas_row is not None
         e = seq.editing
         return [seq.canvas_row, max(0, seq.prompt_len - seq.block_start), threshold,
-                seq.params.min_commit, e.threshold if e is not None else INF,
-                e.max_post_steps if e is not None else 0, seq.post_steps, *seq.block]
+                min(seq.params.min_commit, self.block_size), e.threshold if e is not None
+                else INF, min(e.max_post_steps, 1 << 52) if e is not None else 0,
+                seq.post_steps, *seq.block]
 
     def _write(self, packed: torch.Tensor) -> None:
         """packed [K, 7 + B] float64 (see `_pack`) → the K rows it names."""

@@ -143,10 +143,12 @@ def _serve(engine: Engine, inbox: Inbox, emit: Emit) -> int:
         try:
             engine.tick()
             done, flight = (engine.complete(flight) if flight is not None else None), None
-            if engine.has_work():
-                flight = engine.begin()
-            if done is not None:
-                emit(Outputs(done.outputs, done.stats))
+            try:
+                if engine.has_work():
+                    flight = engine.begin()
+            finally:  # a failing begin must not lose the completed step's (final) outputs
+                if done is not None:
+                    emit(Outputs(done.outputs, done.stats))
         except Exception:  # noqa: BLE001 - see the module docstring
             flight = None
             err = traceback.format_exc()
