@@ -13,6 +13,7 @@ so a steady block costs the host no upload beyond the [S] row index."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,6 @@ class StepRows:
     """This step's view of the table, gathered by row (device tensors)."""
 
     rows: torch.Tensor  # [S] long: table row of each logit segment
-    blocks: torch.Tensor  # [S, B] long: the active blocks at the top of the step (a copy)
     undecided: torch.Tensor  # [S, B] bool: masked generated positions
     threshold: torch.Tensor  # [S] fp32
     min_commit: torch.Tensor  # [S] long
@@ -53,16 +53,17 @@ class CanvasTable:
         self._free = list(range(N - 1, -1, -1))
         self.rows_uploaded = 0  # rows sent by `bind` since start-up (tests read it)
 
-    def bind(self, seqs: list[Sequence], threshold: list[float]) -> torch.Tensor:
+    def bind(self, seqs: list[Sequence], threshold: Callable[[Sequence], float]
+             ) -> torch.Tensor:
         """Give every sequence a row, upload the rows that are not current; [S] row index.
-        `threshold` is each sequence's commit threshold (resolved by the mode)."""
+        `threshold` gives a sequence's commit threshold (the mode resolves its default)."""
         stale = []
-        for seq, t in zip(seqs, threshold, strict=True):
+        for seq in seqs:
             if seq.canvas_row is None:
                 seq.canvas_row = self._free.pop()
                 seq.canvas_row_current = False
             if not seq.canvas_row_current:
-                stale.append(self._pack(seq, t))
+                stale.append(self._pack(seq, threshold(seq)))
                 seq.canvas_row_current = True
         if stale:
             self._write(upload(stale, torch.float64, self.device))
@@ -110,7 +111,7 @@ class CanvasTable:
             ethr = torch.where(posts <= self.max_post_steps[rows], self.edit_threshold[rows],
                                INF)
             edits = EditBatch(ethr, generated, torch.zeros_like(undecided))
-        return StepRows(rows, blocks, undecided, self.threshold[rows], self.min_commit[rows],
+        return StepRows(rows, undecided, self.threshold[rows], self.min_commit[rows],
                         posts, edits)
 
     def count_posts(self, step: StepRows) -> None:

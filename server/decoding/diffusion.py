@@ -189,7 +189,7 @@ class BlockDiffusion:
         confidence-threshold acceptance anywhere in each block, and the token-to-token edits
         of editing rows, on the device-resident canvases (`CanvasTable`); one host read."""
         B, table = self.block_size, self.table
-        rows = table.bind(seqs, [self._threshold(s) for s in seqs])  # [S]
+        rows = table.bind(seqs, self._threshold)  # [S]
         step = table.gather(rows, any(s.editing is not None for s in seqs))
         threshold, min_commit = step.threshold, step.min_commit
         if self.simulate_tpf is not None:  # nothing passes 2.0: the k most confident commit
