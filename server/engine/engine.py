@@ -296,9 +296,8 @@ class Engine:
         good: list[Segment] = []
         committed: list[int] = []
         culprits: list[EngineOutput] = []
-        for seg in batch.segments:  # the failed try may have rewritten device canvases
-            seg.seq.canvas_row_current = False
         for seg in batch.segments:
+            seg.seq.canvas_row_current = False  # the failed try may have rewritten its row
             if seg.seq.status is SeqStatus.FINISHED:
                 continue  # aborted while the step was in flight: its pages are gone
             try:
